@@ -1,0 +1,38 @@
+# Two commands on a fresh clone: `make run` (the main job on the embedded default:
+# portal replica + DuckDB) and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench replica clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements.lock.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt -c requirements.lock.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m etl.demo
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check etl dags tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m bench.scrape
+	$(PY) -m bench.validate
+	$(PY) -m bench.load
+
+replica: $(STAMP)
+	$(PY) -m etl.replica --scenario kg2021 --port 8765
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

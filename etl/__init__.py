@@ -1,0 +1,1 @@
+"""ETL pipeline for the results portal of the CEC of the Kyrgyz Republic."""

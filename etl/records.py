@@ -1,0 +1,105 @@
+"""Typed records that cross stage boundaries (parse -> crawl -> normalise).
+
+Parsers return these; the crawler collects them; `etl.normalise` turns them into frames.
+They are plain frozen dataclasses so that they pickle across processes and serialise to
+JSON for staging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link found on a page: the target's URL segment, its label and its href."""
+
+    segment: str
+    name: str
+    href: str
+
+
+@dataclass(frozen=True)
+class ElectionListPage:
+    """`/{lang}/results/`: the elections the portal lists."""
+
+    elections: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class ElectionPage:
+    """`/{lang}/results/{election_id}/`: one election and its contests."""
+
+    name: str
+    date: str | None
+    contests: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class ProtocolFigures:
+    """The counting-protocol table of a division page. None means missing, never zero."""
+
+    registered: int | None = None
+    ballots_issued: int | None = None
+    ballots_cast: int | None = None
+    invalid: int | None = None
+    valid: int | None = None
+    turnout_pct_published: float | None = None
+    precincts_counted: int | None = None
+    precincts_total: int | None = None
+
+
+@dataclass(frozen=True)
+class BallotLine:
+    """One row of a results table, in the order the page lists it."""
+
+    choice_position: int | None
+    choice_name: str
+    is_against_all: bool
+    votes: int | None
+    pct_published: float | None
+
+
+@dataclass(frozen=True)
+class DivisionPage:
+    """A division page of a contest (root, intermediate or precinct)."""
+
+    declared_id: str | None
+    level: str | None
+    name: str
+    portal_updated_at: datetime | None
+    protocol: ProtocolFigures
+    has_results_table: bool
+    lines: tuple[BallotLine, ...]
+    children: tuple[Link, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class FetchFailure:
+    """A page that could not be fetched or parsed, with a reason a person can act on."""
+
+    url: str
+    reason: str
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class CrawledDivision:
+    """A parsed division page placed in its contest's hierarchy."""
+
+    contest_id: str
+    division_id: str
+    parent_id: str | None
+    url: str
+    sha256: str
+    page: DivisionPage
+
+
+@dataclass(frozen=True)
+class PageRef:
+    """Which archived body a snapshot used for a URL (to rebuild it from the archive)."""
+
+    url: str
+    sha256: str
+    status: int
