@@ -1,0 +1,128 @@
+"""Command line: `python -m etl {scrape,validate,run,reprocess} …`.
+
+Exit codes (CONTRACT.md): 0 success / all published, 3 a critical quality failure
+(quarantined), 1 any other error, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from etl import config
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_QUARANTINED = 0, 1, 2, 3
+
+log = logging.getLogger("etl")
+
+
+def _add_portal_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--portal", default=None,
+                        help="portal base URL (default $CEC_PORTAL_URL or the local replica)")
+    parser.add_argument("--election", required=True, help="election id, e.g. jk2021")
+    parser.add_argument("--contest", action="append", dest="contests", metavar="C",
+                        help="only this contest (repeatable); default all the election lists")
+    parser.add_argument("--lang", default=None, help="portal language section (default ru)")
+    parser.add_argument("--raw-dir", type=Path, default=None,
+                        help="raw archive (default $CEC_RAW_DIR or <data>/raw)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="requests in flight at once (default $CEC_CONCURRENCY or 16)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="crawl processes (default $CEC_CRAWL_PROCESSES or CPU count)")
+
+
+def cmd_scrape(args: argparse.Namespace) -> int:
+    """Scrape the portal into a snapshot directory and print a summary."""
+    from etl.fetch import FetchError
+    from etl.parse import PageParseError
+    from etl.scrape import scrape
+
+    try:
+        summary = scrape(
+            args.portal or config.portal_url(), args.election, args.out,
+            contests=args.contests, lang=args.lang, archive_root=args.raw_dir,
+            concurrency=args.concurrency, processes=args.processes,
+        )
+    except (FetchError, PageParseError) as exc:
+        print(f"error: cannot read the election page: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print_scrape_summary(summary.meta, summary.rows, summary.seconds)
+    if summary.rows["divisions"] == 0:
+        print("error: no division page could be read; see failures above", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def print_scrape_summary(meta: dict[str, object], rows: dict[str, int], seconds: float) -> None:
+    """Print what a scrape fetched and where it failed."""
+    failures = meta["failures"]
+    assert isinstance(failures, list)
+    print(f"snapshot {meta['snapshot_id']} (portal updated {meta['portal_updated_at']})")
+    print(f"pages: {meta['pages_fetched']} fetched, {meta['pages_not_modified']} not modified, "
+          f"{meta['pages_failed']} failed; rows: "
+          + ", ".join(f"{name} {count}" for name, count in rows.items())
+          + f"; {seconds:.2f}s")
+    for failure in failures[:20]:
+        print(f"  failed: {failure['url']}: {failure['reason']}")
+    if len(failures) > 20:
+        print(f"  … and {len(failures) - 20} more failures (see snapshot.json)")
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    """Rebuild a snapshot from the raw archive, without touching the portal."""
+    from etl.scrape import rebuild_from_archive
+
+    summary = rebuild_from_archive(args.snapshot_dir, args.out, archive_root=args.raw_dir)
+    print_scrape_summary(summary.meta, summary.rows, summary.seconds)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m etl`."""
+    parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    scrape = sub.add_parser("scrape", help="scrape the portal into a snapshot directory")
+    _add_portal_args(scrape)
+    scrape.add_argument("--out", type=Path, required=True, help="snapshot directory to write")
+    scrape.set_defaults(func=cmd_scrape)
+
+    reprocess = sub.add_parser("reprocess", help="rebuild a snapshot from the raw archive")
+    reprocess.add_argument("snapshot_dir", type=Path, help="a snapshot directory written before")
+    reprocess.add_argument("--out", type=Path, required=True, help="snapshot directory to write")
+    reprocess.add_argument("--raw-dir", type=Path, default=None, help="raw archive")
+    reprocess.set_defaults(func=cmd_reprocess)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "validate":
+        from etl.quality.cli import main_validate
+
+        _configure_logging(verbose=False)
+        return main_validate(argv[1:])
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.func(args)
+    except Exception:
+        log.exception("%s failed", args.command)
+        return EXIT_ERROR
+    return code
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
