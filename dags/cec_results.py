@@ -1,0 +1,183 @@
+"""Election-night DAGs: one per election rule file in `elections/` (e.g. `cec_results__jk2021`).
+
+Wiring only. Each task calls one stage of `etl.cycle`; the stages pass paths and small
+dicts through XCom, never frames. Nothing here touches the network, a database or an
+Airflow Variable at parse time, and nothing heavy is imported at module level.
+
+detect_change → plan_crawl → crawl (mapped, one per batch of contests) → assemble →
+validate → publish → announce (Asset event) ; alert runs whatever happened upstream.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from etl.elections import ElectionRules, all_elections
+
+# Loads into DuckDB must not overlap (one writing process per file): the publish task
+# runs in this pool, which `make run` and the README create with a single slot.
+WAREHOUSE_POOL = "cec_warehouse"
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "cec-results",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=3),
+}
+
+
+def results_asset(election_id: str) -> Asset:
+    """The Asset a data team's DAG can schedule on: fresh published results."""
+    return Asset(f"cec://{election_id}/results")
+
+
+def _crawl_batches() -> int:
+    # Read inside a task (not at parse time): how many mapped crawl tasks to spread over.
+    return int(os.environ.get("CEC_CRAWL_BATCHES", "4"))
+
+
+def build_election_dag(rules: ElectionRules) -> Any:
+    """The scheduled DAG of one election."""
+    election_id = rules.election_id
+    asset = results_asset(election_id)
+    schedule = rules.schedule
+
+    @dag(
+        dag_id=f"cec_results__{election_id}",
+        description=f"Scrape, check and publish CEC results: {rules.name}",
+        schedule=schedule.cron if schedule else None,
+        start_date=schedule.start if schedule else None,
+        end_date=schedule.end if schedule else None,
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        dagrun_timeout=timedelta(minutes=30),
+        tags=["cec", election_id],
+        doc_md=__doc__,
+    )
+    def election_night() -> None:
+        @task
+        def detect_change() -> dict[str, Any]:
+            from etl import config
+            from etl.cycle import detect_change as detect
+
+            return detect(config.portal_url(), election_id, lang=rules.lang).to_dict()
+
+        @task
+        def plan_crawl(detection: dict[str, Any]) -> list[list[str]]:
+            from etl.cycle import CHANGED, plan_batches
+
+            if detection["status"] != CHANGED:
+                raise AirflowSkipException(f"portal {detection['status']}: nothing to do")
+            return plan_batches(detection["contests"], _crawl_batches())
+
+        @task(max_active_tis_per_dagrun=4)
+        def crawl(contests: list[str], **context: Any) -> str:
+            from etl import config
+            from etl.cycle import crawl_batch, run_dir
+
+            index = context["ti"].map_index
+            out = run_dir(election_id, context["run_id"]) / f"batch-{index}.pickle"
+            return str(crawl_batch(config.portal_url(), election_id, contests, out, lang=rules.lang))
+
+        @task
+        def assemble(detection: dict[str, Any], batches: list[str]) -> str:
+            from pathlib import Path
+
+            from etl import config
+            from etl.cycle import assemble_snapshot
+
+            return str(assemble_snapshot(config.portal_url(), election_id,
+                                         [Path(b) for b in batches], detection["checked_at"],
+                                         lang=rules.lang))
+
+        @task
+        def validate(snapshot_dir: str) -> str:
+            from pathlib import Path
+
+            from etl import config
+            from etl.cycle import validate_stage
+
+            return str(validate_stage(Path(snapshot_dir), config.warehouse_url()))
+
+        @task(pool=WAREHOUSE_POOL)
+        def publish(snapshot_dir: str, detection: dict[str, Any]) -> dict[str, Any]:
+            from pathlib import Path
+
+            from etl import config
+            from etl.cycle import publish_stage
+
+            return publish_stage(Path(snapshot_dir), config.warehouse_url(),
+                                 detection["fingerprint"])
+
+        @task(outlets=[asset])
+        def announce(published: dict[str, Any], **context: Any) -> list[str]:
+            contests = [c for c, s in published["statuses"].items() if s["status"] == "published"]
+            if not contests:
+                raise AirflowSkipException("nothing published: no asset event")
+            context["outlet_events"][asset].extra = {
+                "snapshot_id": published["snapshot_id"],
+                "portal_updated_at": published["portal_updated_at"],
+                "contests": contests,
+            }
+            return contests
+
+        @task(trigger_rule="all_done")
+        def alert(detection: dict[str, Any], **context: Any) -> list[dict[str, Any]]:
+            from etl.cycle import alert_stage
+
+            published = context["ti"].xcom_pull(task_ids="publish")
+            return alert_stage(detection, published)
+
+        detection = detect_change()
+        staged = crawl.expand(contests=plan_crawl(detection))
+        published = publish(validate(assemble(detection, staged)), detection)
+        announce(published)
+        published >> alert(detection)
+
+    return election_night()
+
+
+def build_reprocess_dag() -> Any:
+    """Manually triggered: rebuild snapshots from the raw archive after a parser fix."""
+
+    @dag(
+        dag_id="cec_reprocess",
+        description="Rebuild snapshots from the raw archive (no portal access), then re-check "
+        "and re-publish them",
+        schedule=None,
+        start_date=None,
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["cec", "reprocess"],
+        params={
+            "election_id": Param("jk2021", type="string"),
+            "snapshot_ids": Param([], type="array",
+                                  description="snapshot ids to rebuild; empty = all staged"),
+        },
+    )
+    def reprocess() -> None:
+        @task(pool=WAREHOUSE_POOL)
+        def rebuild(**context: Any) -> list[dict[str, Any]]:
+            from etl import config
+            from etl.cycle import reprocess_snapshots
+
+            params = context["params"]
+            return reprocess_snapshots(params["election_id"], params["snapshot_ids"],
+                                       config.warehouse_url())
+
+        rebuild()
+
+    return reprocess()
+
+
+for _rules in all_elections():
+    globals()[f"cec_results__{_rules.election_id}"] = build_election_dag(_rules)
+cec_reprocess = build_reprocess_dag()

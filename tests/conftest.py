@@ -1,0 +1,35 @@
+"""Shared fixtures: every test writes under its own data directory, never the repo's `data/`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Airflow reads its configuration when first imported: give the test session its own
+# AIRFLOW_HOME (SQLite metadata DB) before any test imports airflow.
+os.environ["AIRFLOW_HOME"] = str(REPO / ".pytest_airflow")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+
+# Settings a developer may have exported; tests must not inherit them.
+_ISOLATED_ENV = (
+    "CEC_PORTAL_URL", "CEC_WAREHOUSE_URL", "CEC_RAW_DIR", "CEC_REPORT_DIR", "CEC_STAGING_DIR",
+    "CEC_ALERTS_FILE", "CEC_ALERT_STATE_FILE", "CEC_ALERT_WEBHOOK_URL", "CEC_ALERT_SLACK_CONN_ID",
+    "CEC_ALERT_SMTP_CONN_ID", "CEC_ALERT_EMAIL_TO", "CEC_CONCURRENCY", "CEC_CRAWL_PROCESSES",
+    "CEC_RETRIES", "CEC_TIMEOUT", "CEC_CRAWL_BATCHES",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point CEC_DATA_DIR at a fresh directory for each test."""
+    for name in _ISOLATED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    data = tmp_path / "data"
+    monkeypatch.setenv("CEC_DATA_DIR", str(data))
+    yield data

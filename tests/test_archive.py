@@ -1,0 +1,69 @@
+"""The raw archive: content-addressed, append-only, nothing new for an unchanged page."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from pathlib import Path
+
+from etl.archive import RawArchive
+
+
+def _index_lines(root: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (root / "index.jsonl").read_text().splitlines()]
+
+
+def test_store_is_content_addressed_and_idempotent(tmp_path: Path) -> None:
+    archive = RawArchive(tmp_path / "raw")
+    body = "<h1>Чуйская область</h1>".encode()
+    headers = {"ETag": '"abc"', "Last-Modified": "Sun, 28 Nov 2021 15:05:13 GMT", "X-Other": "1"}
+    sha = archive.store("http://p/ru/results/jk2021/list/7/", 200, headers, body, "t1")
+    assert sha == hashlib.sha256(body).hexdigest()
+    assert archive.read(sha) == body
+
+    # The same response again (a later cycle on an unchanged page) stores nothing new.
+    blobs_before = sorted(p.name for p in (tmp_path / "raw" / "blobs").rglob("*") if p.is_file())
+    archive.store("http://p/ru/results/jk2021/list/7/", 200, headers, body, "t2")
+    blobs_after = sorted(p.name for p in (tmp_path / "raw" / "blobs").rglob("*") if p.is_file())
+    assert blobs_before == blobs_after == [sha]
+    lines = _index_lines(tmp_path / "raw")
+    assert len(lines) == 1
+    assert lines[0]["headers"] == {"etag": '"abc"', "last-modified": headers["Last-Modified"]}
+    assert lines[0]["fetched_at"] == "t1"
+
+
+def test_error_responses_are_archived_and_latest_tracks_ok_pages(tmp_path: Path) -> None:
+    archive = RawArchive(tmp_path / "raw")
+    url = "http://p/ru/results/jk2021/"
+    archive.store(url, 503, {"Retry-After": "2"}, b"busy", "t1")
+    assert archive.latest(url) is None  # a 503 body is kept, but never used as the page
+    archive.store(url, 200, {"ETag": '"v1"'}, b"v1", "t2")
+    archive.store(url, 200, {"ETag": '"v2"'}, b"v2", "t3")
+    assert archive.latest(url) is not None
+    assert archive.latest(url).etag == '"v2"'  # type: ignore[union-attr]
+    assert [line["status"] for line in _index_lines(tmp_path / "raw")] == [503, 200, 200]
+
+    # A new process reading the archive knows the same latest page.
+    reopened = RawArchive(tmp_path / "raw")
+    latest = reopened.latest(url)
+    assert latest is not None and reopened.read(latest.sha256) == b"v2"
+
+
+def _store_many(root: str, worker: int) -> None:
+    archive = RawArchive(Path(root))
+    for i in range(200):
+        archive.store(f"http://p/{worker}/{i}", 200, {}, f"{worker}-{i}".encode(), "t")
+
+
+def test_concurrent_processes_keep_every_index_line_whole(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    RawArchive(root)
+    procs = [multiprocessing.Process(target=_store_many, args=(str(root), w)) for w in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    lines = _index_lines(root)  # json.loads fails on an interleaved line
+    assert len(lines) == 600
+    assert len({line["url"] for line in lines}) == 600

@@ -1,0 +1,87 @@
+"""DAG integrity: the DAG files import cleanly, are configured for election night, wire the
+expected task graph and import nothing heavy at parse time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DAGS = REPO / "dags"
+HEAVY_MODULES = ("pandas", "great_expectations", "bs4", "lxml", "duckdb", "psycopg", "pyarrow",
+                 "requests", "numpy")
+
+
+@pytest.fixture(scope="module")
+def dagbag():  # type: ignore[no-untyped-def]
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"cec_results__jk2021", "cec_reprocess",
+                                   "cec_example_consumer__jk2021"}
+
+
+def test_every_dag_sets_retries_catchup_and_one_active_run(dagbag) -> None:  # type: ignore[no-untyped-def]
+    for dag in dagbag.dags.values():
+        assert dag.catchup is False, dag.dag_id
+        assert dag.max_active_runs == 1, dag.dag_id
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag.dag_id}.{task.task_id} has no retries"
+
+
+def test_election_dag_schedule_comes_from_the_rule_file(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["cec_results__jk2021"]
+    assert dag.schedule == "*/5 * * * *"
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.start_date.isoformat().startswith("2021-11-28T14:00:00")  # 20:00 at +06:00
+    assert dag.end_date.isoformat().startswith("2021-12-15T18:00:00")
+    publish = dag.get_task("publish")
+    assert publish.pool == "cec_warehouse"
+    announce = dag.get_task("announce")
+    assert [o.uri for o in announce.outlets] == ["cec://jk2021/results"]
+
+
+def test_election_dag_task_graph(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["cec_results__jk2021"]
+    edges = {(up.task_id, down) for up in dag.tasks for down in up.downstream_task_ids}
+    assert edges == {
+        ("detect_change", "plan_crawl"),
+        ("detect_change", "assemble"),
+        ("detect_change", "publish"),
+        ("detect_change", "alert"),
+        ("plan_crawl", "crawl"),
+        ("crawl", "assemble"),
+        ("assemble", "validate"),
+        ("validate", "publish"),
+        ("publish", "announce"),
+        ("publish", "alert"),
+    }
+    assert dag.get_task("alert").trigger_rule == "all_done"
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    assert isinstance(dag.get_task("crawl"), MappedOperator)
+
+
+def test_consumer_dag_runs_on_the_results_asset(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["cec_example_consumer__jk2021"]
+    assert [asset.uri for asset in dag.schedule] == ["cec://jk2021/results"]
+
+
+def test_dag_files_import_nothing_heavy_at_parse_time() -> None:
+    probe = (
+        "import runpy, sys, json\n"
+        f"for path in {sorted(str(p) for p in DAGS.glob('*.py'))!r}:\n"
+        "    runpy.run_path(path)\n"
+        f"print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
