@@ -1,0 +1,286 @@
+"""The replica's scenario model: contests, divisions, a timeline of snapshots, ground truth.
+
+A scenario is pure data, built deterministically from a seed with no I/O. Each snapshot
+says which precincts are counted and whether by the automatic (night) or the manual
+(recount) protocol; every division's figures are sums over its precincts, so pages are
+consistent by construction. Incidents (doubled percentages, duplicates, withdrawn pages)
+are flags on the snapshot that the renderer applies, not changes to the counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+import numpy as np
+
+NOT_COUNTED = 0
+AUTOMATIC = 1
+MANUAL = 2
+
+# Columns of a contest's per-precinct count matrices; choice votes follow, then against-all.
+COL_ISSUED = 0
+COL_CAST = 1
+COL_INVALID = 2
+FIRST_CHOICE_COL = 3
+
+MODE_RESULTS = "results"
+MODE_MAINTENANCE = "maintenance"
+MODE_UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A ballot line: its number on the ballot and its name as printed (Kyrgyz)."""
+
+    position: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Division:
+    """A node of a contest's hierarchy; its precincts are rows `start:stop` of the contest."""
+
+    division_id: str
+    level: str  # country | constituency | region | district | precinct
+    name_ru: str
+    name_kg: str
+    parent_id: str | None
+    children: tuple[str, ...]
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, eq=False)
+class Contest:
+    """One contest of the election with its per-precinct automatic and manual counts.
+
+    `automatic` and `manual` have one row per precinct row of the contest and columns
+    ballots_issued, ballots_cast, invalid, the choices' votes in ballot order, against-all.
+    """
+
+    contest_id: str
+    name_ru: str
+    name_kg: str
+    seats: int
+    choices: tuple[Choice, ...]
+    root_id: str
+    divisions: Mapping[str, Division]
+    precinct_rows: np.ndarray  # global precinct index of each contest row
+    automatic: np.ndarray
+    manual: np.ndarray
+
+    def division_path(self, division_id: str) -> tuple[Division, ...]:
+        """The divisions from the root down to `division_id` (the breadcrumb)."""
+        path = []
+        current: str | None = division_id
+        while current is not None:
+            division = self.divisions[current]
+            path.append(division)
+            current = division.parent_id
+        return tuple(reversed(path))
+
+
+@dataclass(frozen=True)
+class DuplicateRow:
+    """A results table that lists one choice twice (incident 5 of the SPEC)."""
+
+    contest_id: str
+    division_id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One state of the portal at a portal time, with the incident flags the pages show."""
+
+    index: int
+    label: str
+    portal_time: datetime
+    description: str
+    mode: str  # results | maintenance (200 notice page) | unavailable (503)
+    precincts_counted: int  # protocols in, of all precincts, before annulment
+    precincts_recounted: int  # of those, replaced by the manual count
+    annulled: frozenset[str]  # precinct ids whose results are annulled (shown uncounted)
+    doubled_positions: frozenset[int]  # list positions whose published % is doubled
+    duplicate: DuplicateRow | None
+    retry_after: int | None = None  # for mode "unavailable"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A division's figures in one snapshot: sums over its counted precincts."""
+
+    registered: int
+    ballots_issued: int
+    ballots_cast: int
+    invalid: int
+    votes: tuple[int, ...]  # in ballot order, parallel to Contest.choices
+    against_all: int
+    precincts_counted: int
+    precincts_total: int
+
+    @property
+    def valid(self) -> int:
+        """Valid ballots: the choices' votes plus against-all."""
+        return self.ballots_cast - self.invalid
+
+    @property
+    def turnout_pct(self) -> float:
+        """Turnout as published: ballots cast over all registered voters of the division."""
+        return round(self.ballots_cast / self.registered * 100, 2) if self.registered else 0.0
+
+    def pct(self, votes: int) -> float:
+        """Published percentage of a choice: votes over ballots cast, two decimals."""
+        return round(votes / self.ballots_cast * 100, 2) if self.ballots_cast else 0.0
+
+
+class Scenario:
+    """A synthesised election night: contests, the timeline and per-snapshot ground truth."""
+
+    def __init__(
+        self,
+        *,
+        scenario_id: str,
+        seed: int,
+        election_id: str,
+        election_name_ru: str,
+        election_name_kg: str,
+        election_date: str,
+        precinct_ids: tuple[str, ...],
+        registered: np.ndarray,
+        counting_order: np.ndarray,
+        recount_order: np.ndarray,
+        contests: Mapping[str, Contest],
+        snapshots: tuple[Snapshot, ...],
+    ) -> None:
+        self.scenario_id = scenario_id
+        self.seed = seed
+        self.election_id = election_id
+        self.election_name_ru = election_name_ru
+        self.election_name_kg = election_name_kg
+        self.election_date = election_date
+        self.precinct_ids = precinct_ids
+        self.registered = registered
+        self.contests = contests
+        self.snapshots = snapshots
+        # rank of each precinct in the order protocols arrive / are recounted by hand
+        self._count_rank = np.empty(len(precinct_ids), dtype=np.int64)
+        self._count_rank[counting_order] = np.arange(len(precinct_ids))
+        self._recount_rank = np.full(len(precinct_ids), len(precinct_ids), dtype=np.int64)
+        self._recount_rank[recount_order] = np.arange(len(recount_order))
+        self._precinct_index = {pid: i for i, pid in enumerate(precinct_ids)}
+        self._labels = {s.label: s.index for s in snapshots}
+        self._sums_cache: dict[tuple[int, int, frozenset[str], str], np.ndarray] = {}
+
+    def index_of(self, label: str) -> int:
+        """The index of the snapshot with this label (KeyError if there is none)."""
+        return self._labels[label]
+
+    def resolve(self, at: int | str) -> int:
+        """A snapshot index from an index, a label, or a negative index from the end."""
+        if isinstance(at, str):
+            if at.lstrip("-").isdigit():
+                at = int(at)
+            else:
+                return self.index_of(at)
+        index = at if at >= 0 else len(self.snapshots) + at
+        if not 0 <= index < len(self.snapshots):
+            raise IndexError(f"snapshot {at} out of range 0..{len(self.snapshots) - 1}")
+        return index
+
+    def precinct_states(self, index: int) -> np.ndarray:
+        """Per global precinct: NOT_COUNTED, AUTOMATIC or MANUAL in snapshot `index`."""
+        snap = self.snapshots[index]
+        states = np.where(self._count_rank < snap.precincts_counted, AUTOMATIC, NOT_COUNTED)
+        states[self._recount_rank < snap.precincts_recounted] = MANUAL
+        for precinct_id in snap.annulled:
+            states[self._precinct_index[precinct_id]] = NOT_COUNTED
+        return states.astype(np.int8)
+
+    def _cumulative(self, index: int, contest_id: str) -> np.ndarray:
+        """Cumulative sums over the contest's rows of [registered, counted, counts...]."""
+        snap = self.snapshots[index]
+        key = (snap.precincts_counted, snap.precincts_recounted, snap.annulled, contest_id)
+        cached = self._sums_cache.get(key)
+        if cached is not None:
+            return cached
+        contest = self.contests[contest_id]
+        states = self.precinct_states(index)[contest.precinct_rows][:, None]
+        counts = np.where(
+            states == MANUAL, contest.manual, np.where(states == AUTOMATIC, contest.automatic, 0)
+        )
+        table = np.column_stack(
+            (self.registered[contest.precinct_rows], states[:, 0] != NOT_COUNTED, counts)
+        ).astype(np.int64)
+        cumulative = np.vstack((np.zeros((1, table.shape[1]), np.int64), table.cumsum(axis=0)))
+        self._sums_cache[key] = cumulative
+        return cumulative
+
+    def tally(self, index: int, contest_id: str = "list", division_id: str | None = None) -> Tally:
+        """Figures of one division (default: the contest's root) in snapshot `index`."""
+        contest = self.contests[contest_id]
+        division = contest.divisions[division_id or contest.root_id]
+        cumulative = self._cumulative(index, contest_id)
+        row = cumulative[division.stop] - cumulative[division.start]
+        offset = 2
+        return Tally(
+            registered=int(row[0]),
+            ballots_issued=int(row[offset + COL_ISSUED]),
+            ballots_cast=int(row[offset + COL_CAST]),
+            invalid=int(row[offset + COL_INVALID]),
+            votes=tuple(int(v) for v in row[offset + FIRST_CHOICE_COL : -1]),
+            against_all=int(row[-1]),
+            precincts_counted=int(row[1]),
+            precincts_total=division.stop - division.start,
+        )
+
+    def national_shares(self, index: int, contest_id: str = "list") -> dict[int, float]:
+        """Correct percentages (votes / ballots cast) of the root division, by ballot number."""
+        tally = self.tally(index, contest_id)
+        choices = self.contests[contest_id].choices
+        return {c.position: tally.pct(v) for c, v in zip(choices, tally.votes, strict=True)}
+
+
+ScenarioBuilder = Callable[[int], Scenario]
+_BUILDERS: dict[str, tuple[ScenarioBuilder, int]] = {}
+
+
+def register(scenario_id: str, default_seed: int) -> Callable[[ScenarioBuilder], ScenarioBuilder]:
+    """Decorator registering a scenario builder under an id, with its default seed."""
+
+    def wrap(builder: ScenarioBuilder) -> ScenarioBuilder:
+        _BUILDERS[scenario_id] = (builder, default_seed)
+        return builder
+
+    return wrap
+
+
+def scenario_ids() -> tuple[str, ...]:
+    """The ids `load_scenario` accepts."""
+    _import_builtin_scenarios()
+    return tuple(_BUILDERS)
+
+
+def default_seed(scenario_id: str) -> int:
+    """The seed a scenario is built with when none is given."""
+    _import_builtin_scenarios()
+    return _BUILDERS[scenario_id][1]
+
+
+@lru_cache(maxsize=8)
+def load_scenario(scenario_id: str = "kg2021", seed: int | None = None) -> Scenario:
+    """Build (once per process and seed) the scenario `scenario_id`; same seed, same data."""
+    _import_builtin_scenarios()
+    try:
+        builder, fallback_seed = _BUILDERS[scenario_id]
+    except KeyError:
+        raise KeyError(f"unknown scenario {scenario_id!r}; known: {sorted(_BUILDERS)}") from None
+    return builder(fallback_seed if seed is None else seed)
+
+
+def _import_builtin_scenarios() -> None:
+    # imported here, not at module top, because kg2021 imports this module's model
+    import etl.replica.kg2021  # noqa: F401

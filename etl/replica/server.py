@@ -1,0 +1,573 @@
+"""The replica's HTTP/1.1 server: asyncio (uvloop when importable), keep-alive, TCP_NODELAY.
+
+Serving a cached page is a dict lookup plus a few bytes of headers. Control endpoints
+under `/_replica/` move through the timeline and switch faults; they are never faulted.
+`ReplicaServer` runs the server in a background thread for tests and the Airflow replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from bisect import bisect_right
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields, replace
+from email.utils import formatdate, parsedate_to_datetime
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qs
+
+from etl.replica.render import HTML, JSON, Page, PortalRenderer
+from etl.replica.scenario import Scenario, load_scenario
+
+logger = logging.getLogger(__name__)
+
+REASONS = {
+    200: "OK",
+    304: "Not Modified",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+MAX_HEAD_BYTES = 65_536
+CACHED_SNAPSHOTS = 4  # pages of a snapshot are ~33 MB (ru + kg); keep a few
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Deterministic fault switches; each `*_count` is per path, None meaning every request.
+
+    For the n-th request of a path (counted from the last time faults were set) that
+    matches `path_regex`: `latency` seconds are added; if `hang` > 0 and n <= hang_count
+    the answer is held `hang` more seconds; if `status` is set and n <= status_count the
+    answer is that status (with `Retry-After: retry_after` when given); otherwise if
+    `truncate` and n <= truncate_count the full Content-Length is announced, half the
+    body sent and the connection closed.
+    """
+
+    latency: float = 0.0
+    status: int | None = None
+    status_count: int | None = None
+    retry_after: int | None = None
+    hang: float = 0.0
+    hang_count: int | None = None
+    truncate: bool = False
+    truncate_count: int | None = None
+    path_regex: str | None = None
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Faults:
+        """Faults from a JSON object; unknown keys are an error, not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(document) - known
+        if unknown:
+            raise ValueError(f"unknown fault switches {sorted(unknown)}; known: {sorted(known)}")
+        faults = cls(**document)
+        if faults.status is not None and faults.status not in REASONS:
+            raise ValueError(f"unsupported fault status {faults.status}")
+        if faults.path_regex is not None:
+            re.compile(faults.path_regex)
+        return faults
+
+    def to_json(self) -> dict[str, Any]:
+        """The switches as a JSON-ready dict."""
+        return asdict(self)
+
+    @property
+    def active(self) -> bool:
+        """Whether any switch is on."""
+        return bool(self.latency or self.status or self.hang or self.truncate)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """A rendered page with its response head prepared (everything but Date/Connection)."""
+
+    status: int
+    head: bytes
+    body: bytes
+    etag: str
+    modified: float  # POSIX seconds of Last-Modified
+    last_modified_line: bytes
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What to send for one request, after how long, and whether to close after it."""
+
+    data: bytes
+    delay: float = 0.0
+    close: bool = False
+
+
+class Replica:
+    """The server's state and request handling, independent of the transport."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        at: int | str = -1,
+        live: bool = False,
+        speed: float = 1.0,
+        faults: Faults | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.renderer = PortalRenderer(scenario)
+        self.live = live
+        self.speed = speed
+        self._lock = threading.Lock()
+        self._anchor_index = scenario.resolve(at)
+        self._anchor_clock = time.monotonic()
+        # seconds after the anchor at which each later snapshot takes over (live mode)
+        self._offsets: list[float] = []
+        self._rebuild_schedule()
+        self.faults = faults or Faults()
+        self._fault_regex = re.compile(self.faults.path_regex) if self.faults.path_regex else None
+        self._hits: dict[str, int] = {}
+        self._cache: OrderedDict[int, dict[str, _Cached]] = OrderedDict()
+        self._date = b""
+        self._date_second = -1
+        self.connections: set[_HttpProtocol] = set()
+
+    # -- timeline -------------------------------------------------------------------
+
+    def _rebuild_schedule(self) -> None:
+        times = [s.portal_time for s in self.scenario.snapshots[self._anchor_index :]]
+        self._offsets = [(t - times[0]).total_seconds() / self.speed for t in times[1:]]
+
+    @property
+    def index(self) -> int:
+        """The snapshot served now (in live mode: from the clock)."""
+        if not self.live:
+            return self._anchor_index
+        elapsed = time.monotonic() - self._anchor_clock
+        return self._anchor_index + bisect_right(self._offsets, elapsed)
+
+    def goto(self, at: int | str) -> int:
+        """Serve snapshot `at` (index or label) from now on; in live mode, advance from it."""
+        index = self.scenario.resolve(at)
+        with self._lock:
+            self._anchor_index = index
+            self._anchor_clock = time.monotonic()
+            self._rebuild_schedule()
+        logger.info("replica now at snapshot %d (%s)", index, self.scenario.snapshots[index].label)
+        return index
+
+    def set_faults(self, faults: Faults) -> None:
+        """Replace the fault switches and restart the per-path request counters."""
+        regex = re.compile(faults.path_regex) if faults.path_regex else None
+        with self._lock:
+            self.faults, self._fault_regex, self._hits = faults, regex, {}
+        logger.info("replica faults set: %s", faults.to_json() if faults.active else "none")
+
+    def state(self) -> dict[str, Any]:
+        """The control endpoint's view of the replica."""
+        index = self.index
+        snapshot = self.scenario.snapshots[index]
+        return {
+            "scenario": self.scenario.scenario_id,
+            "seed": self.scenario.seed,
+            "index": index,
+            "label": snapshot.label,
+            "portal_time": snapshot.portal_time.isoformat(),
+            "mode": snapshot.mode,
+            "snapshots": len(self.scenario.snapshots),
+            "live": self.live,
+            "speed": self.speed,
+            "faults": self.faults.to_json(),
+        }
+
+    # -- requests -------------------------------------------------------------------
+
+    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Reply:
+        """Answer one request (the connection decides keep-alive; see `_HttpProtocol`)."""
+        logger.debug("%s %s", method, target)
+        if target.startswith("/_replica/"):
+            return self._control(method, target, body)
+        if method not in ("GET", "HEAD"):
+            return _Reply(_simple(405, b"method not allowed\n", "text/plain; charset=utf-8"))
+        faults = self.faults
+        if faults.active and (self._fault_regex is None or self._fault_regex.search(target)):
+            return self._faulted(method, target, headers, faults)
+        return _Reply(self._respond(method, target, headers))
+
+    def _faulted(
+        self, method: str, target: str, headers: dict[str, str], faults: Faults
+    ) -> _Reply:
+        hits = self._hits
+        n = hits[target] = hits.get(target, 0) + 1
+        delay = faults.latency
+        if faults.hang and (faults.hang_count is None or n <= faults.hang_count):
+            logger.info("fault: hang %.1fs on %s (request %d)", faults.hang, target, n)
+            delay += faults.hang
+        if faults.status and (faults.status_count is None or n <= faults.status_count):
+            logger.info("fault: status %d on %s (request %d)", faults.status, target, n)
+            extra = f"Retry-After: {faults.retry_after}\r\n" if faults.retry_after is not None else ""
+            body = f"{faults.status} {REASONS[faults.status]} (replica fault)\n".encode()
+            return _Reply(_simple(faults.status, body, "text/plain; charset=utf-8", extra), delay)
+        data = self._respond(method, target, headers)
+        if faults.truncate and (faults.truncate_count is None or n <= faults.truncate_count):
+            head_end = data.index(b"\r\n\r\n") + 4
+            cut = head_end + (len(data) - head_end) // 2
+            logger.info("fault: truncated body on %s (request %d)", target, n)
+            return _Reply(data[:cut], delay, close=True)
+        return _Reply(data, delay)
+
+    def _respond(self, method: str, target: str, headers: dict[str, str]) -> bytes:
+        index = self.index
+        cached = self._page(index, target)
+        if cached is None:
+            return _simple(404, b"not found\n", "text/plain; charset=utf-8")
+        date = self._http_date()
+        if cached.status == 200 and _not_modified(headers, cached):
+            return b"".join(
+                (
+                    b"HTTP/1.1 304 Not Modified\r\nETag: ",
+                    cached.etag.encode(),
+                    b"\r\n",
+                    cached.last_modified_line,
+                    date,
+                    b"\r\n",
+                )
+            )
+        if method == "HEAD":
+            return cached.head + date + b"\r\n"
+        return b"".join((cached.head, date, b"\r\n", cached.body))
+
+    def _page(self, index: int, target: str) -> _Cached | None:
+        pages = self._cache.get(index)
+        if pages is None:
+            pages = self._cache[index] = {}
+            while len(self._cache) > CACHED_SNAPSHOTS:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(index)
+        cached = pages.get(target)
+        if cached is not None:
+            return cached
+        path, _, query = target.partition("?")
+        page = self.renderer.render(index, path, query)
+        if page is None:
+            return None
+        cached = _prepare(page)
+        pages[target] = cached
+        return cached
+
+    def _http_date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_second:
+            self._date = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+            self._date_second = now
+        return self._date
+
+    def _control(self, method: str, target: str, body: bytes) -> _Reply:
+        path, _, query = target.partition("?")
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        try:
+            if path == "/_replica/state" and method == "GET":
+                return _json_reply(200, self.state())
+            if path == "/_replica/snapshots" and method == "GET":
+                return _json_reply(200, [_snapshot_json(s) for s in self.scenario.snapshots])
+            if path == "/_replica/goto" and method == "POST":
+                at = params.get("label") or params.get("at")
+                if at is None:
+                    return _json_reply(400, {"error": "give ?at=N or ?label=LABEL"})
+                self.goto(at)
+                return _json_reply(200, self.state())
+            if path == "/_replica/faults":
+                if method == "GET":
+                    return _json_reply(200, self.faults.to_json())
+                if method == "DELETE":
+                    self.set_faults(Faults())
+                    return _json_reply(200, self.faults.to_json())
+                if method == "POST":
+                    document = json.loads(body or b"{}")
+                    self.set_faults(Faults.from_json(document))
+                    return _json_reply(200, self.faults.to_json())
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            return _json_reply(400, {"error": str(exc)})
+        return _json_reply(404, {"error": f"no control endpoint {method} {path}"})
+
+
+def _prepare(page: Page) -> _Cached:
+    modified = parsedate_to_datetime(page.last_modified).timestamp()
+    lines = [
+        f"HTTP/1.1 {page.status} {REASONS[page.status]}",
+        f"Content-Type: {page.content_type}",
+        f"Content-Length: {len(page.body)}",
+        f"ETag: {page.etag}",
+        f"Last-Modified: {page.last_modified}",
+        "Cache-Control: no-cache",
+    ]
+    if page.retry_after is not None:
+        lines.append(f"Retry-After: {page.retry_after}")
+    head = ("\r\n".join(lines) + "\r\n").encode()
+    last_modified_line = f"Last-Modified: {page.last_modified}\r\n".encode()
+    return _Cached(page.status, head, page.body, page.etag, modified, last_modified_line)
+
+
+def _not_modified(headers: dict[str, str], cached: _Cached) -> bool:
+    """RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since when both are sent."""
+    if_none_match = headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+        return "*" in tags or cached.etag in tags
+    if_modified_since = headers.get("if-modified-since")
+    if if_modified_since is not None:
+        try:
+            since = parsedate_to_datetime(if_modified_since).timestamp()
+        except (TypeError, ValueError):
+            return False
+        return cached.modified <= since
+    return False
+
+
+def _simple(status: int, body: bytes, content_type: str, extra_headers: str = "") -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        f"Cache-Control: no-store\r\n{extra_headers}\r\n"
+    )
+    return head.encode() + body
+
+
+def _json_reply(status: int, document: object) -> _Reply:
+    body = json.dumps(document, ensure_ascii=False).encode()
+    return _Reply(_simple(status, body, JSON))
+
+
+def _snapshot_json(snapshot: Any) -> dict[str, Any]:
+    return {
+        "index": snapshot.index,
+        "label": snapshot.label,
+        "portal_time": snapshot.portal_time.isoformat(),
+        "mode": snapshot.mode,
+        "description": snapshot.description,
+    }
+
+
+class _HttpProtocol(asyncio.Protocol):
+    """Minimal HTTP/1.1: pipelined requests answered in order, keep-alive by default."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.waiting = False  # a delayed reply is pending: later requests wait their turn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+        self.replica.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # not a TCP socket (e.g. a Unix socket in a test harness): nothing to set
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.replica.connections.discard(self)
+
+    def close(self) -> None:
+        """Close the connection (server shutdown)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.waiting:
+            self._process()
+
+    def _process(self) -> None:
+        while self.transport is not None and not self.waiting:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD_BYTES:
+                    self._finish(_Reply(_simple(400, b"head too large\n", HTML), close=True))
+                return
+            try:
+                method, target, version, headers = _parse_head(bytes(self.buffer[:end]))
+            except ValueError:
+                self._finish(_Reply(_simple(400, b"bad request\n", HTML), close=True))
+                return
+            length = int(headers.get("content-length", "0") or 0)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = bytes(self.buffer[end + 4 : end + 4 + length])
+            del self.buffer[: end + 4 + length]
+            reply = self.replica.handle(method, target, headers, body)
+            connection = headers.get("connection", "").lower()
+            keep_alive = connection != "close" and (
+                version == "HTTP/1.1" or connection == "keep-alive"
+            )
+            if not keep_alive:
+                reply = replace(reply, close=True)
+            if reply.delay > 0:
+                self.waiting = True
+                asyncio.get_running_loop().call_later(reply.delay, self._finish, reply)
+                return
+            self._finish(reply)
+
+    def _finish(self, reply: _Reply) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        data = reply.data
+        if reply.close:
+            data = data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        transport.write(data)
+        if reply.close:
+            transport.close()
+            self.transport = None
+            return
+        if self.waiting:
+            self.waiting = False
+            self._process()
+
+
+def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
+    text = head.decode("latin-1")
+    request_line, *header_lines = text.split("\r\n")
+    method, target, version = request_line.split(" ")
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError(f"bad header line {line!r}")
+        headers[name.strip().lower()] = value.strip()
+    return method, target, version, headers
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is importable, else the standard one."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def start_server(replica: Replica, host: str, port: int) -> asyncio.Server:
+    """Listen on host:port (0 = an ephemeral port) and serve `replica`."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: _HttpProtocol(replica), host, port, backlog=2048, reuse_address=True
+    )
+
+
+class ReplicaServer:
+    """The replica in a background thread: `with ReplicaServer(at="final") as srv: ...`."""
+
+    def __init__(
+        self,
+        scenario: str | Scenario = "kg2021",
+        *,
+        at: int | str = -1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int | None = None,
+        live: bool = False,
+        speed: float = 1.0,
+        faults: Faults | None = None,
+    ) -> None:
+        if isinstance(scenario, str):
+            scenario = load_scenario(scenario, seed)
+        self.replica = Replica(scenario, at=at, live=live, speed=speed, faults=faults)
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario being served."""
+        return self.replica.scenario
+
+    @property
+    def base_url(self) -> str:
+        """E.g. `http://127.0.0.1:40123` (no trailing slash)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def index(self) -> int:
+        """The snapshot served now."""
+        return self.replica.index
+
+    def goto(self, at: int | str) -> int:
+        """Serve snapshot `at` (index or label); returns its index."""
+        return self.replica.goto(at)
+
+    def set_faults(self, faults: Faults | None = None, **switches: Any) -> Faults:
+        """Set fault switches (a Faults or keyword switches); counters restart."""
+        faults = faults or Faults.from_json(switches)
+        self.replica.set_faults(faults)
+        return faults
+
+    def clear_faults(self) -> None:
+        """Switch every fault off."""
+        self.replica.set_faults(Faults())
+
+    def start(self) -> ReplicaServer:
+        """Start serving in a daemon thread; returns once the socket listens."""
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = self._loop = new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(
+                    start_server(self.replica, self.host, self.port)
+                )
+                self.port = self._server.sockets[0].getsockname()[1]
+            except BaseException as exc:  # reported to the starting thread
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            self._server.close()
+            for connection in list(self.replica.connections):
+                connection.close()
+            loop.run_until_complete(self._server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="replica-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            raise errors[0]
+        logger.info("replica serving %s at %s", self.scenario.scenario_id, self.base_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and join its thread."""
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> ReplicaServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
