@@ -1,0 +1,612 @@
+"""Parse portal pages (bytes) into typed records, by meaning rather than by position.
+
+The markup contract is `shared/portal/SPEC.md`, section A. Tables are found by their header
+text and row labels (Russian and Kyrgyz), numbers are accepted in every format the SPEC
+lists, and a missing value is `None`, never zero. Every function here is pure: bytes in,
+records out, so the whole scrape can be re-parsed from the raw archive.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urljoin, urlsplit
+
+from bs4 import BeautifulSoup, SoupStrainer
+from bs4.element import NavigableString, Tag
+
+from etl.records import (
+    BallotLine,
+    DivisionPage,
+    ElectionListPage,
+    ElectionPage,
+    Link,
+    ProtocolFigures,
+)
+
+logger = logging.getLogger(__name__)
+
+# Kyrgyzstan has been UTC+06:00 all year since 2005 (no DST), so a portal time without an
+# offset can only mean Bishkek time.
+BISHKEK_TZ = timezone(timedelta(hours=6), "Asia/Bishkek")
+
+# Only these elements matter on a division page; building the tree for nothing else
+# roughly halves parse time (the scrape parses ~5,000 pages per snapshot).
+_DIVISION_STRAINER = SoupStrainer(["h1", "time", "table"])
+_CELL_NAMES = frozenset({"td", "th"})
+_SECTION_NAMES = frozenset({"thead", "tbody", "tfoot"})
+# Whitespace before a table-structure tag is insignificant in HTML's table content model;
+# dropping it before parsing saves a text node per tag (a measurable share of the parse).
+_TABLE_WHITESPACE = re.compile(rb">\s+(?=</?t(?:[rdh]|body|head|foot|able)\b)")
+_LINK_STRAINER = SoupStrainer(["a", "h1", "title", "time"])
+
+# "No data" marks: em dash, en dash, hyphen-minus, minus sign, figure dash, horizontal bar.
+_DASHES = frozenset({"—", "–", "-", "−", "‒", "―", "--"})
+_COUNT_RE = re.compile(r"[0-9]+")
+_PERCENT_RE = re.compile(r"[0-9]+(?:[.,][0-9]+)?")
+# "371 из 392", "371 / 392", "371 of 392"; Kyrgyz puts the whole first: "392 ичинен 371".
+_OF_RE = re.compile(r"^(?P<a>.*?)\s*(?:\b(?P<word>из|of)\b|(?P<slash>/))\s*(?P<b>.*)$", re.I)
+_KG_OF_RE = re.compile(r"^(?P<total>.*?)\s*\bичинен\b\s*(?P<counted>.*)$", re.I)
+_DMY_RE = re.compile(
+    r"(?P<d>\d{1,2})\.(?P<m>\d{1,2})\.(?P<y>\d{4})"
+    r"(?:[ T,]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2}))?)?"
+)
+
+
+class NumberFormatError(ValueError):
+    """A table cell that should hold a number but does not."""
+
+    def __init__(self, text: str, kind: str) -> None:
+        self.text = text
+        super().__init__(f"not a {kind}: {text!r}")
+
+
+class PageParseError(Exception):
+    """A page that does not follow the portal contract; names the URL and what was missing."""
+
+    def __init__(self, url: str, what: str, detail: str = "") -> None:
+        self.url = url
+        self.what = what
+        message = f"{url or '<no url>'}: {what}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class PortalMaintenance(PageParseError):
+    """A 200 page with a notice instead of results (no division heading, no tables)."""
+
+    def __init__(self, url: str, notice: str) -> None:
+        self.notice = notice
+        super().__init__(url, "division heading and tables (maintenance notice page)", notice)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _compact(text: str) -> str:
+    # str.split() splits on every Unicode space (U+00A0, U+202F, U+2009 included) in C.
+    return "".join(text.split())
+
+
+def parse_count(text: str | None) -> int | None:
+    """Parse a count such as `1 182 291` (any space separator); dash or empty -> None."""
+    if text is None:
+        return None
+    if text.isdigit() and text.isascii():
+        return int(text)  # the common case, without separators
+    compact = _compact(text)
+    if not compact or compact in _DASHES:
+        return None
+    if _COUNT_RE.fullmatch(compact) is None:
+        raise NumberFormatError(text, "count")
+    return int(compact)
+
+
+def parse_percent(text: str | None) -> float | None:
+    """Parse a percentage such as `3,48%`, `3.48 %` or `3.48`; dash or empty -> None."""
+    if text is None:
+        return None
+    compact = _compact(text)
+    if compact.endswith("%"):
+        compact = compact[:-1]
+    if not compact or compact in _DASHES:
+        return None
+    if _PERCENT_RE.fullmatch(compact) is None:
+        raise NumberFormatError(text, "percentage")
+    return float(compact.replace(",", "."))
+
+
+def parse_counted_of_total(text: str | None) -> tuple[int | None, int | None]:
+    """Parse `N из M`, `N / M`, `M ичинен N` (counted, total); a lone number is counted."""
+    if text is None:
+        return None, None
+    stripped = text.strip()
+    kg = _KG_OF_RE.match(stripped)
+    if kg is not None:
+        return parse_count(kg["counted"]), parse_count(kg["total"])
+    of = _OF_RE.match(stripped)
+    if of is not None:
+        return parse_count(of["a"]), parse_count(of["b"])
+    return parse_count(stripped), None
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().replace("ё", "е").split())
+
+
+# Each rule: field name and alternatives; an alternative matches when all its keywords
+# occur in the normalised label. Order matters: "недействительных" contains
+# "действительных", and "бюллетень алган"/"катышкан" must win before turnout/registered.
+_PROTOCOL_RULES: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
+    ("invalid", (("недействительн",), ("жараксыз",), ("invalid",))),
+    ("valid", (("действительн",), ("жарактуу",), ("valid",))),
+    (
+        "ballots_issued",
+        (("получивш",), ("выдан",), ("бюллетен", "алган"), ("issued",)),
+    ),
+    (
+        "ballots_cast",
+        (
+            ("принявш",),
+            ("участие в голосовании",),
+            ("проголосовавш",),
+            ("катышкан",),
+            ("ballots cast",),
+        ),
+    ),
+    ("turnout_pct_published", (("явка",), ("катышуу",), ("turnout",))),
+    ("precincts", (("обработан",), ("протокол",), ("иштелип чыккан",))),
+    (
+        "registered",
+        (("внесенных в список",), ("включенных в список",), ("в списк",), ("тизме",)),
+    ),
+)
+
+
+_PROTOCOL_KEYWORDS = tuple(
+    (name, keywords) for name, alternatives in _PROTOCOL_RULES for keywords in alternatives
+)
+
+
+def _protocol_field(label: str) -> str | None:
+    norm = _norm(label)
+    for name, keywords in _PROTOCOL_KEYWORDS:
+        if keywords[0] in norm and all(k in norm for k in keywords[1:]):
+            return name
+    return None
+
+
+_AGAINST_ALL_LABELS = ("против всех", "баарына каршы", "against all")
+
+_COL_POSITION = "№ (ballot number)"
+_COL_NAME = "name (Наименование / Аталышы / Кандидат / Партия)"
+_COL_VOTES = "votes (Число голосов / Добуш)"
+_COL_PCT = "% (percentage)"
+
+
+def _column_kind(header: str) -> str | None:
+    norm = _norm(header)
+    if not norm:
+        return None
+    # "%" first: a header such as "% голосов" is the percentage, not the votes column.
+    if "%" in norm or "процент" in norm or "пайыз" in norm:
+        return _COL_PCT
+    if "№" in norm or norm in {"#", "no", "no.", "n"}:
+        return _COL_POSITION
+    if "голос" in norm or "добуш" in norm or "votes" in norm:
+        return _COL_VOTES
+    if any(
+        k in norm
+        # Not the bare Kyrgyz "аты" (name): it is a substring of "катышуу" (turnout).
+        for k in ("наименован", "аталыш", "кандидат", "талапкер", "парти", "name", "аты-жөн")
+    ):
+        return _COL_NAME
+    return None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _soup(html: bytes, strainer: SoupStrainer) -> BeautifulSoup:
+    # Declaring the encoding skips charset sniffing; the portal is UTF-8 (SPEC A).
+    return BeautifulSoup(
+        html, "lxml", from_encoding="utf-8", parse_only=strainer
+    )
+
+
+def _text(tag: Tag) -> str:
+    # Most cells hold one plain string; get_text() walks a generator for every cell, which
+    # on a 200-cell page costs more than the rest of the traversal.
+    contents = tag.contents
+    if len(contents) == 1 and contents[0].__class__ is NavigableString:
+        return str(contents[0])
+    return tag.get_text()
+
+
+def _cells(row: Tag) -> list[Tag]:
+    return [c for c in row.contents if c.__class__ is Tag and c.name in _CELL_NAMES]
+
+
+def _rows(table: Tag) -> list[Tag]:
+    """The table's own rows (in thead/tbody/tfoot or direct), not those of nested tables."""
+    rows: list[Tag] = []
+    for child in table.contents:
+        if child.__class__ is not Tag:
+            continue
+        if child.name == "tr":
+            rows.append(child)
+        elif child.name in _SECTION_NAMES:
+            rows.extend(r for r in child.contents if r.__class__ is Tag and r.name == "tr")
+    return rows
+
+
+def _descendant_tags(tag: Tag, name: str) -> list[Tag]:
+    return [d for d in tag.descendants if d.__class__ is Tag and d.name == name]
+
+
+def _classes(tag: Tag) -> Sequence[str]:
+    value = tag.get("class")
+    if value is None:
+        return ()
+    return value if isinstance(value, list) else str(value).split()
+
+
+def _attr(tag: Tag, name: str) -> str | None:
+    value = tag.get(name)
+    if value is None:
+        return None
+    return value if isinstance(value, str) else " ".join(value)
+
+
+def _path_segments(href: str) -> list[str]:
+    return [s for s in urlsplit(href).path.split("/") if s]
+
+
+# --------------------------------------------------------------------------- list pages
+
+
+def parse_election_list(html: bytes, url: str) -> ElectionListPage:
+    """Parse `/{lang}/results/`: every `a.election`, segment = election id from the href."""
+    soup = _soup(html, _LINK_STRAINER)
+    elections: list[Link] = []
+    seen: set[str] = set()
+    for anchor in soup.find_all("a", class_="election"):
+        href = _attr(anchor, "href")
+        if not href:
+            raise PageParseError(url, "href of an a.election link", _text(anchor).strip())
+        segments = _path_segments(urljoin(url, href))
+        # /{lang}/results/{election_id}/: the id is the segment after "results".
+        if "results" in segments and segments.index("results") + 1 < len(segments):
+            segment = segments[segments.index("results") + 1]
+        elif segments:
+            segment = segments[-1]
+        else:
+            raise PageParseError(url, "election id in a.election href", href)
+        if segment in seen:  # the same election linked twice (menu and body)
+            continue
+        seen.add(segment)
+        elections.append(Link(segment=segment, name=_text(anchor).strip(), href=href))
+    return ElectionListPage(elections=tuple(elections))
+
+
+def parse_election(html: bytes, url: str) -> ElectionPage:
+    """Parse `/{lang}/results/{election_id}/`: its name, date and `a.contest` links."""
+    soup = _soup(html, _LINK_STRAINER)
+    heading = soup.find("h1")
+    title = soup.find("title")
+    if isinstance(heading, Tag):
+        name = " ".join(_text(heading).split())
+    elif isinstance(title, Tag):
+        name = " ".join(_text(title).split())
+    else:
+        raise PageParseError(url, "election name (<h1>)")
+    date: str | None = None
+    time_tag = soup.find("time")
+    if isinstance(time_tag, Tag):
+        date = _attr(time_tag, "datetime") or _text(time_tag).strip() or None
+    contests: list[Link] = []
+    seen: set[str] = set()
+    for anchor in soup.find_all("a", class_="contest"):
+        href = _attr(anchor, "href") or ""
+        segment = _attr(anchor, "data-contest")
+        if not segment:
+            segments = _path_segments(href)
+            if not segments:
+                raise PageParseError(url, "contest id (data-contest or href)", _text(anchor))
+            segment = segments[-1]
+        if segment in seen:
+            continue
+        seen.add(segment)
+        contests.append(Link(segment=segment, name=_text(anchor).strip(), href=href))
+    return ElectionPage(name=name, date=date, contests=tuple(contests))
+
+
+# --------------------------------------------------------------------------- division
+
+
+def _parse_updated(tag: Tag | None, url: str) -> datetime | None:
+    if tag is None:
+        return None
+    raw = _attr(tag, "datetime")
+    if raw:
+        try:
+            value = datetime.fromisoformat(raw.strip())
+        except ValueError as exc:
+            raise PageParseError(url, "valid <time datetime>", raw) from exc
+    else:
+        text = _text(tag).strip()
+        match = _DMY_RE.search(text)
+        if match is None:
+            raise PageParseError(url, "updated time (<time datetime> or dd.mm.yyyy hh:mm)", text)
+        value = datetime(
+            int(match["y"]),
+            int(match["m"]),
+            int(match["d"]),
+            int(match["H"] or 0),
+            int(match["M"] or 0),
+            int(match["S"] or 0),
+        )
+    if value.tzinfo is None:
+        # A naive time is useless for ordering snapshots; the portal shows Bishkek time.
+        value = value.replace(tzinfo=BISHKEK_TZ)
+    return value
+
+
+def _header_columns(table: Tag) -> tuple[Tag | None, dict[str, int], list[Tag]]:
+    """Find the header row of a table and map column kinds to cell indexes."""
+    rows = _rows(table)
+    header: Tag | None = None
+    header_cells: list[Tag] = []
+    for row in rows:
+        cells = _cells(row)
+        in_thead = row.parent is not None and row.parent.name == "thead"
+        if in_thead or any(c.name == "th" for c in cells):
+            header, header_cells = row, cells
+            break
+    if header is None:
+        return None, {}, rows
+    columns: dict[str, int] = {}
+    for index, cell in enumerate(header_cells):
+        kind = _column_kind(_text(cell))
+        if kind is not None and kind not in columns:
+            columns[kind] = index
+    body = rows[rows.index(header) + 1 :]
+    return header, columns, body
+
+
+def _is_against_all(row: Tag, name: str) -> bool:
+    if "against-all" in _classes(row):
+        return True
+    lowered = name.lower()
+    if "всех" not in lowered and "каршы" not in lowered and "against" not in lowered:
+        return False  # the usual party row, without normalising it
+    norm = _norm(name)
+    return any(label in norm for label in _AGAINST_ALL_LABELS)
+
+
+def _parse_results(
+    table: Tag, columns: dict[str, int], body: Iterable[Tag], url: str
+) -> tuple[BallotLine, ...]:
+    for required in (_COL_POSITION, _COL_NAME, _COL_VOTES):
+        if required not in columns:
+            raise PageParseError(url, f"results column {required}")
+    pos_i, name_i, votes_i = columns[_COL_POSITION], columns[_COL_NAME], columns[_COL_VOTES]
+    pct_i = columns.get(_COL_PCT)
+    needed = max(pos_i, name_i, votes_i)
+    lines: list[BallotLine] = []
+    for row in body:
+        cells = _cells(row)
+        if not cells or all(c.name == "th" for c in cells):
+            continue  # a repeated header row
+        if len(cells) <= needed:
+            raise PageParseError(
+                url, "cells of a results row", " | ".join(_text(c).strip() for c in cells)
+            )
+        name = _text(cells[name_i]).strip()
+        against_all = _is_against_all(row, name)
+        position: int | None = None
+        if not against_all:
+            raw_position = _text(cells[pos_i])
+            try:
+                position = parse_count(raw_position.strip().rstrip("."))
+            except NumberFormatError:
+                position = None
+            if position is None:
+                raise PageParseError(
+                    url, "a ballot number (№) in a results row", f"{raw_position!r}, {name!r}"
+                )
+        try:
+            votes = parse_count(_text(cells[votes_i]))
+            pct = (
+                parse_percent(_text(cells[pct_i]))
+                if pct_i is not None and pct_i < len(cells)
+                else None
+            )
+        except NumberFormatError as exc:
+            raise PageParseError(url, f"a number in the row of {name!r}", str(exc)) from exc
+        lines.append(BallotLine(position, name, against_all, votes, pct))
+    return tuple(lines)
+
+
+def _take_results(
+    previous: Tag | None, table: Tag, columns: dict[str, int], body: Iterable[Tag], url: str
+) -> tuple[BallotLine, ...]:
+    if previous is not None:
+        # Two results tables would make "the" result of the division ambiguous.
+        raise PageParseError(url, "a single results table", "found two")
+    return _parse_results(table, columns, body, url)
+
+
+def _protocol_rows(table: Tag) -> list[tuple[str, str, str]]:
+    """(field, label, value) for every row of a table whose label is a protocol label."""
+    found: list[tuple[str, str, str]] = []
+    for row in _rows(table):
+        cells = _cells(row)
+        if not cells:
+            continue
+        if len(cells) >= 2:
+            label, value = _text(cells[0]), _text(cells[-1])
+        else:
+            # "Иштелип чыккан протоколдор: 371 / 392" in a single cell.
+            label, _, value = _text(cells[0]).rpartition(":")
+            if not label:
+                continue
+        name = _protocol_field(label)
+        if name is not None:
+            found.append((name, label.strip(), value))
+        else:
+            logger.debug("protocol row not recognised: %r", label.strip())
+    return found
+
+
+def _parse_protocol(rows: Iterable[tuple[str, str, str]], url: str) -> ProtocolFigures:
+    values: dict[str, int | float | None] = {}
+    for name, label, value in rows:
+        parsed: dict[str, int | float | None]
+        try:
+            if name == "precincts":
+                counted, total = parse_counted_of_total(value)
+                parsed = {"precincts_counted": counted, "precincts_total": total}
+            elif name == "turnout_pct_published":
+                parsed = {name: parse_percent(value)}
+            else:
+                parsed = {name: parse_count(value)}
+        except NumberFormatError as exc:
+            raise PageParseError(url, f"a number in protocol row {label!r}", str(exc)) from exc
+        for key, number in parsed.items():
+            if key in values and values[key] != number:
+                raise PageParseError(
+                    url, f"one value for protocol figure {key}", f"{values[key]} vs {number}"
+                )
+            values[key] = number
+    return ProtocolFigures(**values)  # type: ignore[arg-type]
+
+
+def _contest_prefix(url: str) -> str:
+    """Path prefix under which a contest's division pages live (SPEC A path table)."""
+    segments = _path_segments(url)
+    # /{lang}/results/{election_id}/{contest_id}/...: divisions are flat under the contest.
+    if "results" in segments:
+        cut = segments.index("results") + 3
+        if len(segments) >= cut:
+            return "/" + "/".join(segments[:cut]) + "/"
+    return "/" + "/".join(segments[:-1]) + "/" if segments else "/"
+
+
+def _child_links(table: Tag, url: str) -> list[Link]:
+    """Links of a table that lead to other division pages of the same contest."""
+    page = urlsplit(url)
+    page_path = page.path if page.path.endswith("/") else page.path + "/"
+    prefix = _contest_prefix(url)
+    links: list[Link] = []
+    for anchor in _descendant_tags(table, "a"):
+        href = _attr(anchor, "href")
+        if not href:
+            continue
+        if href.startswith("/") and not href.startswith("//"):
+            # The usual root-relative href: urljoin would cost more than the rest of this loop.
+            path = href.partition("?")[0].partition("#")[0]
+        else:
+            target = urlsplit(urljoin(url, href))
+            if page.netloc and target.netloc and target.netloc != page.netloc:
+                continue
+            path = target.path
+        if not path.endswith("/"):
+            path += "/"
+        # A child is another page of this contest, deeper than the contest root; the
+        # breadcrumb's ancestors are outside tables, and the page itself is excluded.
+        if not path.startswith(prefix) or path in (prefix, page_path):
+            continue
+        segments = _path_segments(path)
+        links.append(Link(segment=segments[-1], name=_text(anchor).strip(), href=href))
+    return links
+
+
+def _notice_text(html: bytes) -> str:
+    soup = BeautifulSoup(html, "lxml", from_encoding="utf-8")
+    body = soup.body or soup
+    for tag in body.find_all(["script", "style"]):
+        tag.decompose()
+    return " ".join(body.get_text(" ").split())[:500]
+
+
+def parse_division(html: bytes, url: str) -> DivisionPage:
+    """Parse a division page: heading, updated time, protocol, results and child links."""
+    soup = _soup(_TABLE_WHITESPACE.sub(b">", html), _DIVISION_STRAINER)
+    # The strainer puts every h1/time/table at the top of the tree unless one is nested in
+    # a table (a layout table); only then is a walk over all descendants needed.
+    top = [e for e in soup.contents if e.__class__ is Tag]
+    nested = html.lower().count(b"<table") > sum(1 for e in top if e.name == "table")
+    if nested or not any(e.name == "h1" for e in top):
+        top = [e for e in soup.descendants if e.__class__ is Tag]
+    candidates = top
+    headings = [e for e in candidates if e.name == "h1"]
+    times = [e for e in candidates if e.name == "time"]
+    tables = [e for e in candidates if e.name == "table"]
+    heading = next((h for h in headings if h.has_attr("data-division-id")), None) or next(
+        iter(headings), None
+    )
+    time_tag = next((t for t in times if "updated" in _classes(t)), None) or next(
+        iter(times), None
+    )
+    # A layout table wrapping the content must not hide the tables inside it.
+    outer: set[int] = set()
+    for table in tables:
+        parent = table.parent
+        while parent is not None:
+            if parent.name == "table":
+                outer.add(id(parent))
+            parent = parent.parent
+    tables = [t for t in tables if id(t) not in outer]
+    if heading is None:
+        if not tables:
+            raise PortalMaintenance(url, _notice_text(html))
+        raise PageParseError(url, "division heading (<h1 data-division-id>)")
+    updated = _parse_updated(time_tag, url)
+
+    results_table: Tag | None = None
+    lines: tuple[BallotLine, ...] = ()
+    protocol_rows: list[tuple[str, str, str]] = []
+    children: list[Link] = []
+    for table in tables:
+        _, columns, body = _header_columns(table)
+        # A results table is recognised by its header. Its class, or a header that names
+        # most of the columns, only says that a header we cannot fully read belongs to a
+        # results table, which must then fail loudly instead of being skipped.
+        strong = _COL_VOTES in columns and (_COL_NAME in columns or _COL_POSITION in columns)
+        if strong or "results" in _classes(table):
+            lines = _take_results(results_table, table, columns, body, url)
+            results_table = table
+            continue
+        links = _child_links(table, url)
+        if links:
+            children.extend(links)
+            continue
+        if len(columns) >= 3:
+            lines = _take_results(results_table, table, columns, body, url)
+            results_table = table
+            continue
+        protocol_rows.extend(_protocol_rows(table))
+
+    # The same child linked twice in a row (name and "details") is one child page.
+    seen: set[str] = set()
+    unique_children = []
+    for link in children:
+        if link.segment not in seen:
+            seen.add(link.segment)
+            unique_children.append(link)
+
+    return DivisionPage(
+        declared_id=_attr(heading, "data-division-id"),
+        level=_attr(heading, "data-level"),
+        name=" ".join(_text(heading).split()),
+        portal_updated_at=updated,
+        protocol=_parse_protocol(protocol_rows, url),
+        has_results_table=results_table is not None,
+        lines=lines,
+        children=tuple(unique_children),
+    )
