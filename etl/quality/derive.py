@@ -1,0 +1,542 @@
+"""Derived frames the suites validate: one row per check instance, built with pandas.
+
+Great Expectations validates one row at a time; the rules of an election page are about
+groups (a division's lines, a parent's children). Each function here turns the
+normalised frames into a frame whose rows are the units a rule speaks about, with the
+columns the expectations under `expectations/` name. All of it is vectorised (groupby,
+merge): no Python loop runs per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+
+DIVISION_KEY = ["contest_id", "division_id"]
+LINE_KEY = [*DIVISION_KEY, "line_key"]
+AGAINST_ALL_KEY = "against_all"
+# Turnout figures a parent must equal the sum of its children on (W1).
+RECONCILED_FIGURES = (
+    "registered",
+    "ballots_issued",
+    "ballots_cast",
+    "invalid",
+    "valid",
+    "precincts_counted",
+    "precincts_total",
+)
+# Cumulative figures that must not go down between snapshots (W2), besides line votes.
+CUMULATIVE_FIGURES = ("ballots_cast", "precincts_counted")
+_QUOTES = str.maketrans("", "", "«»\"“”„'`‘’")
+_LINE_COLUMNS = ["contest_id", "line_key", "choice_position", "choice_name", "is_against_all"]
+
+
+@dataclass(frozen=True)
+class PreviousSnapshot:
+    """The previous published snapshot's turnout and results, for W2, W3 and W4."""
+
+    turnout: pd.DataFrame
+    results: pd.DataFrame
+
+    @property
+    def snapshot_id(self) -> str | None:
+        """Its snapshot id, when its frames carry one."""
+        ids = self.turnout["snapshot_id"].dropna().unique()
+        return str(ids[0]) if len(ids) else None
+
+
+def name_key(names: pd.Series) -> pd.Series:
+    """Candidate names compared without case, quotes and repeated spaces (C6)."""
+    # A contest has a few dozen names repeated over thousands of divisions: normalise
+    # each distinct name once.
+    codes, uniques = pd.factorize(names, use_na_sentinel=True)
+    normalised = np.array(
+        [" ".join(str(raw).translate(_QUOTES).casefold().split()) for raw in uniques] + [None],
+        dtype=object,
+    )
+    return pd.Series(normalised[codes], index=names.index, dtype="string")
+
+
+def with_line_keys(results: pd.DataFrame) -> pd.DataFrame:
+    """Results with `line_key` (the ballot line's identity) and `name_key` columns."""
+    keyed = results.copy()
+    keyed["name_key"] = name_key(keyed["choice_name"])
+    # Against all has no ballot number: it is its own line; a numberless line that is not
+    # against all (a parse oddity) is keyed by its name so it still counts as one line.
+    keyed["line_key"] = (
+        keyed["choice_position"]
+        .astype("string")
+        .mask(keyed["is_against_all"].fillna(False), AGAINST_ALL_KEY)
+        .fillna("name:" + keyed["name_key"].fillna(""))
+    )
+    return keyed
+
+
+def keyed_results(results: pd.DataFrame, turnout: pd.DataFrame) -> pd.DataFrame:
+    """Results with line and name keys, the division's ballots cast and the C4 formula."""
+    keyed = with_line_keys(results)
+    cast = turnout[[*DIVISION_KEY, "ballots_cast"]].drop_duplicates(DIVISION_KEY)
+    keyed = keyed.merge(cast, on=DIVISION_KEY, how="left", validate="many_to_one")
+    positive_cast = keyed["ballots_cast"].where(keyed["ballots_cast"] > 0)
+    keyed["pct_expected"] = (
+        (keyed["votes"].astype("Float64") / positive_cast.astype("Float64") * 100).round(2)
+    )
+    # Rounded so that float noise (0.010000000000002) never decides a failure.
+    keyed["pct_deviation"] = (keyed["pct_published"] - keyed["pct_expected"]).abs().round(6)
+    return keyed
+
+
+def division_pct_sums(results: pd.DataFrame, tolerance_per_line: float) -> pd.DataFrame:
+    """C1: per division, the sum of its lines' published percentages and its limit."""
+    published = results.loc[results["pct_published"].notna(), [*DIVISION_KEY, "pct_published"]]
+    sums = (
+        published.groupby(DIVISION_KEY, sort=False)["pct_published"]
+        .agg(pct_sum="sum", n_lines="size")
+        .reset_index()
+    )
+    sums["pct_sum"] = sums["pct_sum"].astype("Float64").round(2)
+    sums["n_lines"] = sums["n_lines"].astype("Int64")
+    sums["pct_limit"] = (100 + tolerance_per_line * sums["n_lines"].astype("Float64")).round(4)
+    return sums
+
+
+def contest_lines(divisions: pd.DataFrame, keyed: pd.DataFrame) -> pd.DataFrame:
+    """The ballot lines of each contest: those its root page lists.
+
+    A contest whose root lists no lines (root not yet counted, or not parsed) falls back
+    to every line any of its divisions lists, so C2 still compares divisions.
+    """
+    roots = divisions.loc[divisions["parent_id"].isna(), DIVISION_KEY].drop_duplicates()
+    root_lines = keyed.merge(roots, on=DIVISION_KEY)[_LINE_COLUMNS]
+    fallback = keyed.loc[~keyed["contest_id"].isin(root_lines["contest_id"]), _LINE_COLUMNS]
+    lines = pd.concat([root_lines, fallback], ignore_index=True)
+    return (
+        lines.drop_duplicates(["contest_id", "line_key"])
+        .sort_values(["contest_id", "choice_position"], na_position="last", kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def line_coverage(
+    turnout: pd.DataFrame, keyed: pd.DataFrame, lines: pd.DataFrame
+) -> pd.DataFrame:
+    """C2: one row per (counted division, ballot line of its contest) with what was found."""
+    counted = turnout.loc[
+        turnout["precincts_counted"].fillna(0) > 0,
+        [*DIVISION_KEY, "precincts_counted", "precincts_total"],
+    ].drop_duplicates(DIVISION_KEY)
+    expected = counted.merge(lines, on="contest_id")
+    found = keyed[[*LINE_KEY, "votes", "pct_published"]].drop_duplicates(LINE_KEY)
+    frame = expected.merge(found, on=LINE_KEY, how="left", indicator="found")
+    frame["row_present"] = (frame.pop("found") == "both").astype("boolean")
+    return frame.reset_index(drop=True)
+
+
+def protocol_identities(
+    turnout: pd.DataFrame, keyed: pd.DataFrame, lines: pd.DataFrame
+) -> pd.DataFrame:
+    """C3: per division, the protocol's sums next to ballots cast.
+
+    The lines' sum is only formed when every line of the contest is there once with its
+    votes: a missing or duplicated line is C2's or C6's failure, not an identity's.
+    """
+    per_division = (
+        keyed.groupby(DIVISION_KEY, sort=False)
+        .agg(
+            lines_votes_sum=("votes", "sum"),
+            n_rows=("votes", "size"),
+            n_votes=("votes", "count"),
+            n_line_keys=("line_key", "nunique"),
+        )
+        .reset_index()
+    )
+    n_expected = lines.groupby("contest_id").size().rename("n_expected").reset_index()
+    per_division = per_division.merge(n_expected, on="contest_id", how="left")
+    complete = (
+        (per_division["n_votes"] == per_division["n_rows"])
+        & (per_division["n_rows"] == per_division["n_line_keys"])
+        & (per_division["n_line_keys"] >= per_division["n_expected"].fillna(0))
+    )
+    per_division["lines_votes_sum"] = (
+        per_division["lines_votes_sum"].astype("Int64").where(complete, pd.NA)
+    )
+    frame = turnout[
+        [*DIVISION_KEY, "ballots_cast", "invalid", "valid", "precincts_counted"]
+    ].drop_duplicates(DIVISION_KEY)
+    frame = frame.merge(
+        per_division[[*DIVISION_KEY, "lines_votes_sum", "n_rows"]], on=DIVISION_KEY, how="left"
+    )
+    frame["lines_votes_sum"] = frame["lines_votes_sum"].astype("Int64")
+    frame["votes_plus_invalid"] = frame["lines_votes_sum"] + frame["invalid"]
+    frame["valid_plus_invalid"] = frame["valid"] + frame["invalid"]
+    # Without an invalid figure the lines can still be held against the valid ballots.
+    frame["lines_votes_sum_if_no_invalid"] = frame["lines_votes_sum"].where(
+        frame["invalid"].isna(), pd.NA
+    )
+    return frame.reset_index(drop=True)
+
+
+def _children_state(divisions: pd.DataFrame, turnout: pd.DataFrame) -> pd.DataFrame:
+    """Each child division with whether its page is present and fully counted."""
+    children = divisions.loc[
+        divisions["parent_id"].notna(), [*DIVISION_KEY, "parent_id"]
+    ].drop_duplicates(DIVISION_KEY)
+    figures = turnout[[*DIVISION_KEY, *RECONCILED_FIGURES]].drop_duplicates(DIVISION_KEY)
+    state = children.merge(figures, on=DIVISION_KEY, how="left", indicator="page")
+    state["complete"] = (
+        (state.pop("page") == "both")
+        & (state["precincts_total"].notna())
+        & (state["precincts_counted"] == state["precincts_total"]).fillna(False)
+    )
+    return state
+
+
+def reconciliation(
+    divisions: pd.DataFrame,
+    turnout: pd.DataFrame,
+    keyed: pd.DataFrame,
+    skip_contests: Iterable[str] = (),
+) -> pd.DataFrame:
+    """W1: per parent and figure (or line), the parent's value and its children's sum.
+
+    Only parents whose children are all present and fully counted are compared, so a
+    snapshot taken while the portal updates in place does not raise false warnings.
+    """
+    state = _children_state(divisions, turnout)
+    state = state[~state["contest_id"].isin(list(skip_contests))]
+    parent_key = ["contest_id", "parent_id"]
+    groups = state.groupby(parent_key, sort=False)
+    eligible = groups["complete"].agg(n_children="size", n_complete="sum").reset_index()
+    eligible = eligible[eligible["n_children"] == eligible["n_complete"]][
+        [*parent_key, "n_children"]
+    ]
+    eligible_children = state.merge(eligible, on=parent_key)
+
+    sums = eligible_children.groupby(parent_key, sort=False)[list(RECONCILED_FIGURES)]
+    totals = sums.sum(min_count=1)
+    present = sums.count()
+    n_children = eligible.set_index(parent_key)["n_children"]
+    # A figure missing on any child cannot be summed; leave it out rather than guess.
+    totals = totals.where(present.eq(n_children.reindex(present.index), axis=0))
+    children_long = (
+        totals.reset_index()
+        .melt(id_vars=parent_key, var_name="figure", value_name="children_sum")
+        .rename(columns={"parent_id": "division_id"})
+    )
+    parents = turnout[[*DIVISION_KEY, *RECONCILED_FIGURES]].drop_duplicates(DIVISION_KEY)
+    parents_long = parents.melt(id_vars=DIVISION_KEY, var_name="figure", value_name="parent_value")
+    figures = children_long.merge(parents_long, on=[*DIVISION_KEY, "figure"])
+
+    child_votes = keyed.merge(
+        eligible_children[[*DIVISION_KEY, "parent_id", "n_children"]], on=DIVISION_KEY
+    )
+    vote_sums = (
+        child_votes.groupby([*parent_key, "line_key"], sort=False)
+        .agg(children_sum=("votes", "sum"), n_votes=("votes", "count"), n_children=("n_children", "first"))
+        .reset_index()
+    )
+    vote_sums = vote_sums[vote_sums["n_votes"] == vote_sums["n_children"]].rename(
+        columns={"parent_id": "division_id"}
+    )
+    parent_votes = keyed[[*LINE_KEY, "choice_position", "choice_name", "is_against_all", "votes"]]
+    parent_votes = parent_votes.drop_duplicates(LINE_KEY).rename(columns={"votes": "parent_value"})
+    votes = vote_sums.merge(parent_votes, on=LINE_KEY)
+    votes["figure"] = "votes"
+
+    figures = figures.merge(
+        eligible.rename(columns={"parent_id": "division_id"}), on=DIVISION_KEY, how="left"
+    )
+    frame = pd.concat(
+        [
+            figures.assign(choice_position=pd.NA, choice_name=pd.NA, is_against_all=pd.NA),
+            votes.drop(columns=["line_key", "n_votes"]),
+        ],
+        ignore_index=True,
+    )
+    frame = frame[frame["parent_value"].notna() & frame["children_sum"].notna()]
+    return _typed_long(
+        frame,
+        {
+            "contest_id": "string",
+            "division_id": "string",
+            "figure": "string",
+            "choice_position": "Int64",
+            "choice_name": "string",
+            "is_against_all": "boolean",
+            "parent_value": "Int64",
+            "children_sum": "Int64",
+            "n_children": "Int64",
+        },
+    )
+
+
+def revisions(
+    turnout: pd.DataFrame, keyed: pd.DataFrame, previous: PreviousSnapshot
+) -> pd.DataFrame:
+    """W2: per division and cumulative figure (or line), the current and previous value.
+
+    A line the previous snapshot showed that the division (still present) no longer
+    lists counts as 0 now: an annulled precinct's results vanish from its page.
+    """
+    previous_keyed = with_line_keys(previous.results)
+    current = turnout[[*DIVISION_KEY, *CUMULATIVE_FIGURES]].drop_duplicates(DIVISION_KEY)
+    before = previous.turnout[[*DIVISION_KEY, *CUMULATIVE_FIGURES]].drop_duplicates(DIVISION_KEY)
+    figures = current.melt(id_vars=DIVISION_KEY, var_name="figure", value_name="current").merge(
+        before.melt(id_vars=DIVISION_KEY, var_name="figure", value_name="previous"),
+        on=[*DIVISION_KEY, "figure"],
+    )
+
+    before_votes = previous_keyed[
+        [*LINE_KEY, "choice_position", "choice_name", "is_against_all", "votes"]
+    ].drop_duplicates(LINE_KEY).rename(columns={"votes": "previous"})
+    now_votes = keyed[[*LINE_KEY, "votes"]].drop_duplicates(LINE_KEY)
+    votes = before_votes.merge(now_votes, on=LINE_KEY, how="left").rename(
+        columns={"votes": "current"}
+    )
+    division_present = votes.set_index(DIVISION_KEY).index.isin(
+        current.set_index(DIVISION_KEY).index
+    )
+    votes = votes[division_present]
+    votes["current"] = votes["current"].fillna(0)
+    votes["figure"] = "votes"
+    frame = pd.concat(
+        [
+            figures.assign(choice_position=pd.NA, choice_name=pd.NA, is_against_all=pd.NA),
+            votes.drop(columns=["line_key"]),
+        ],
+        ignore_index=True,
+    )
+    frame = frame[frame["current"].notna() & frame["previous"].notna()]
+    frame = frame.assign(previous_snapshot_id=previous.snapshot_id)
+    return _typed_long(
+        frame,
+        {
+            "contest_id": "string",
+            "division_id": "string",
+            "figure": "string",
+            "choice_position": "Int64",
+            "choice_name": "string",
+            "is_against_all": "boolean",
+            "current": "Int64",
+            "previous": "Int64",
+            "previous_snapshot_id": "string",
+        },
+    )
+
+
+def _root_shares(
+    roots: pd.DataFrame, turnout: pd.DataFrame, results: pd.DataFrame
+) -> pd.DataFrame:
+    """Each contest root's lines with their share of ballots cast and the protocol count."""
+    at_root = results.merge(roots, on=DIVISION_KEY)
+    keyed = keyed_results(at_root, turnout)
+    figures = turnout[[*DIVISION_KEY, "precincts_counted", "precincts_total"]].drop_duplicates(
+        DIVISION_KEY
+    )
+    keyed = keyed.merge(figures, on=DIVISION_KEY, how="left")
+    # The computed share is what the count says; the published one may carry C4's errors.
+    computed = keyed["votes"].astype("Float64") / keyed["ballots_cast"].where(
+        keyed["ballots_cast"] > 0
+    ).astype("Float64") * 100
+    keyed["share"] = computed.fillna(keyed["pct_published"])
+    return keyed[
+        [*LINE_KEY, "choice_position", "choice_name", "is_against_all", "share",
+         "precincts_counted", "precincts_total"]
+    ].drop_duplicates(LINE_KEY)
+
+
+def swings(
+    divisions: pd.DataFrame,
+    turnout: pd.DataFrame,
+    results: pd.DataFrame,
+    previous: PreviousSnapshot,
+    min_progress_pp: float,
+) -> pd.DataFrame:
+    """W4: per contest root line whose snapshot added few protocols, its share change.
+
+    Lines are kept when fewer than `min_progress_pp` % of the protocols were added, or
+    when the protocol counts are not published (the move cannot be explained then).
+    """
+    roots = divisions.loc[divisions["parent_id"].isna(), DIVISION_KEY].drop_duplicates()
+    now = _root_shares(roots, turnout, results)
+    before = _root_shares(roots, previous.turnout, previous.results)
+    frame = now.merge(
+        before[[*LINE_KEY, "share", "precincts_counted"]],
+        on=LINE_KEY,
+        suffixes=("", "_previous"),
+    )
+    frame = frame.rename(columns={"share": "share_now", "precincts_counted": "precincts_counted_now"})
+    frame["share_change_pp"] = (frame["share_now"] - frame["share_previous"]).round(4)
+    frame["share_change_pp_abs"] = frame["share_change_pp"].abs()
+    total = frame["precincts_total"].where(frame["precincts_total"] > 0).astype("Float64")
+    frame["precincts_added_pp"] = (
+        (frame["precincts_counted_now"] - frame["precincts_counted_previous"]).astype("Float64")
+        / total
+        * 100
+    ).round(4)
+    few_added = (frame["precincts_added_pp"] < min_progress_pp).fillna(True)
+    frame = frame[few_added & frame["share_change_pp"].notna()].drop(columns=["line_key"])
+    frame = frame.assign(previous_snapshot_id=previous.snapshot_id)
+    return frame.reset_index(drop=True)
+
+
+def failure_division(url: str, contest_id: str | None) -> str:
+    """The division a failed page belongs to: its URL segment after the contest.
+
+    A contest's root page (or the election page) has no division segment; its row then
+    carries the URL's path so that it is never mistaken for a summary row.
+    """
+    segments = [s for s in urlsplit(url).path.split("/") if s]
+    if contest_id and contest_id in segments:
+        after = segments[segments.index(contest_id) + 1 :]
+        if after:
+            return after[0]
+    return urlsplit(url).path or url
+
+
+def coverage(
+    divisions: pd.DataFrame,
+    turnout: pd.DataFrame,
+    meta: dict[str, Any],
+    previous: PreviousSnapshot | None,
+) -> pd.DataFrame:
+    """W3: one row per division and per problem found, with a state ('ok' when fine)."""
+    columns = [*DIVISION_KEY, "coverage_state", "detail", "status"]
+    parts: list[pd.DataFrame] = []
+
+    failures = pd.DataFrame(
+        meta.get("failures") or [], columns=["url", "reason", "status", "contest_id"]
+    )
+    failed_contests: set[str] = set()
+    if len(failures):
+        contest = failures["contest_id"].astype("string")
+        contest = contest.fillna(failures["url"].map(lambda url: _contest_from_url(url, meta)))
+        failed = pd.DataFrame(
+            {
+                "contest_id": contest,
+                "division_id": [
+                    failure_division(url, c if isinstance(c, str) else None)
+                    for url, c in zip(failures["url"], contest, strict=True)
+                ],
+                "coverage_state": "page_failed",
+                "detail": failures["url"].astype(str) + " — " + failures["reason"].astype(str),
+                "status": failures["status"].astype("Int64"),
+            }
+        )
+        parts.append(failed)
+        failed_contests = {str(c) for c in failed["contest_id"].dropna()}
+
+    listed = divisions[DIVISION_KEY].drop_duplicates()
+    with_page = listed.merge(
+        turnout[DIVISION_KEY].drop_duplicates(), on=DIVISION_KEY, how="left", indicator="page"
+    )
+    parts.append(
+        with_page.assign(
+            coverage_state=np.where(with_page.pop("page") == "both", "ok", "no_page"),
+            detail=pd.NA,
+            status=pd.NA,
+        )
+    )
+
+    children = divisions.loc[divisions["parent_id"].notna(), [*DIVISION_KEY, "parent_id"]]
+    parent_index = children.set_index(["contest_id", "parent_id"]).index
+    orphans = children[~parent_index.isin(listed.set_index(DIVISION_KEY).index)]
+    if len(orphans):
+        parts.append(
+            pd.DataFrame(
+                {
+                    "contest_id": orphans["contest_id"],
+                    "division_id": orphans["parent_id"],
+                    "coverage_state": "parent_missing",
+                    "detail": "linked by nothing parsed; child " + orphans["division_id"],
+                    "status": pd.NA,
+                }
+            ).drop_duplicates(DIVISION_KEY)
+        )
+
+    with_root = set(divisions.loc[divisions["parent_id"].isna(), "contest_id"].dropna())
+    present_contests = set(divisions["contest_id"].dropna())
+    rootless = sorted(present_contests - with_root)
+    missing = sorted(set(_listed_contests(meta)) - present_contests - failed_contests)
+    for states, state in ((rootless, "root_missing"), (missing, "contest_missing")):
+        if states:
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "contest_id": states,
+                        "division_id": [f"({state.split('_')[0]})" for _ in states],
+                        "coverage_state": state,
+                        "detail": pd.NA,
+                        "status": pd.NA,
+                    }
+                )
+            )
+
+    if previous is not None:
+        before = previous.turnout[DIVISION_KEY].drop_duplicates()
+        gone = before[~before.set_index(DIVISION_KEY).index.isin(listed.set_index(DIVISION_KEY).index)]
+        gone = gone[gone["contest_id"].isin(list(present_contests))]
+        if len(gone):
+            parts.append(
+                gone.assign(
+                    coverage_state="disappeared", detail=previous.snapshot_id, status=pd.NA
+                )
+            )
+
+    frame = pd.concat([p[columns] for p in parts], ignore_index=True)
+    # A page that failed is reported once, with the failure's reason.
+    failed_keys = frame.loc[frame["coverage_state"] == "page_failed", DIVISION_KEY]
+    is_failed = frame.set_index(DIVISION_KEY).index.isin(failed_keys.set_index(DIVISION_KEY).index)
+    frame = frame[~is_failed | (frame["coverage_state"] == "page_failed")]
+    return _typed_long(
+        frame,
+        {
+            "contest_id": "string",
+            "division_id": "string",
+            "coverage_state": "string",
+            "detail": "string",
+            "status": "Int64",
+        },
+    )
+
+
+def contests_with_failures(meta: dict[str, Any]) -> frozenset[str]:
+    """Contests that lost at least one page in this snapshot."""
+    return frozenset(
+        str(f["contest_id"]) for f in meta.get("failures") or [] if f.get("contest_id")
+    )
+
+
+def _listed_contests(meta: dict[str, Any]) -> list[str]:
+    contests: list[str] = []
+    for contest in meta.get("contests") or []:
+        if isinstance(contest, str):
+            contests.append(contest)
+        elif isinstance(contest, dict):
+            value = contest.get("contest_id") or contest.get("id")
+            if value:
+                contests.append(str(value))
+    return contests
+
+
+def _contest_from_url(url: str, meta: dict[str, Any]) -> str | None:
+    segments = [s for s in urlsplit(url).path.split("/") if s]
+    for contest in _listed_contests(meta):
+        if contest in segments:
+            return contest
+    return None
+
+
+def _typed_long(frame: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
+    """Cast a concatenated long frame to stable nullable dtypes, with a fresh index."""
+    frame = frame.reset_index(drop=True)
+    for column, dtype in dtypes.items():
+        if column not in frame.columns:
+            frame[column] = pd.NA
+        frame[column] = frame[column].astype(dtype)
+    return frame

@@ -1,0 +1,329 @@
+"""The data-quality gate: run every check on one snapshot and decide what is quarantined.
+
+`run_checks` works on frames (the warehouse calls it with the previous published
+snapshot read from its tables); `validate_snapshot` reads a scrape output directory,
+writes `dq_results.parquet` next to the frames and an HTML report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from etl import config, schema
+from etl.quality import derive
+from etl.quality.catalog import CHECKS, CHECKS_BY_ID, QualityConfig
+from etl.quality.findings import FINDING_COLUMNS, DivisionNames, failure_rows, summary_rows
+from etl.quality.suites import EXPECTATIONS_DIR, SuiteError, suite_runner
+
+log = logging.getLogger(__name__)
+
+DQ_RESULTS_FILE = "dq_results.parquet"
+SNAPSHOT_META_FILE = "snapshot.json"
+# The derived frames the suites validate, by suite name; W2/W4 need a previous snapshot.
+CURRENT_FRAMES = (
+    "divisions",
+    "turnout",
+    "results",
+    "division_pct_sums",
+    "line_coverage",
+    "protocol_identities",
+    "reconciliation",
+    "coverage",
+)
+PREVIOUS_FRAMES = ("revisions", "swings")
+
+
+class SnapshotDirError(ValueError):
+    """A directory that is not a readable scrape output (missing or unreadable files)."""
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """What the gate decided about one snapshot."""
+
+    dq_results: pd.DataFrame
+    critical_contests: frozenset[str]
+    report_path: Path | None
+
+
+def run_checks(
+    divisions: pd.DataFrame,
+    turnout: pd.DataFrame,
+    results: pd.DataFrame,
+    snapshot_meta: dict[str, Any],
+    previous: tuple[pd.DataFrame, pd.DataFrame] | None,
+    *,
+    quality_config: QualityConfig | None = None,
+    expectations_dir: Path = EXPECTATIONS_DIR,
+) -> pd.DataFrame:
+    """Run every check on one snapshot's frames; return `dq_results` (`etl.schema.DQ_RESULTS`).
+
+    `previous` is the previous published snapshot's (turnout, results), or None.
+    """
+    started = time.perf_counter()
+    settings = quality_config or QualityConfig()
+    snapshot_id = str(snapshot_meta.get("snapshot_id") or "")
+    if not snapshot_id:
+        raise ValueError("snapshot_meta has no snapshot_id")
+    divisions = _conform(divisions, schema.DIVISIONS, "divisions", snapshot_id)
+    turnout = _conform(turnout, schema.TURNOUT, "turnout", snapshot_id)
+    results = _conform(results, schema.RESULTS, "results", snapshot_id)
+    before = (
+        derive.PreviousSnapshot(
+            turnout=_conform(previous[0], schema.TURNOUT, "previous turnout", None),
+            results=_conform(previous[1], schema.RESULTS, "previous results", None),
+        )
+        if previous is not None
+        else None
+    )
+
+    frames = derived_frames(divisions, turnout, results, snapshot_meta, before, settings)
+    runner = suite_runner(expectations_dir)
+    unknown = set(runner.specs) - set(CURRENT_FRAMES) - set(PREVIOUS_FRAMES)
+    if unknown:
+        raise SuiteError(
+            f"suites {sorted(unknown)} in {expectations_dir} validate no derived frame "
+            f"(known: {', '.join(CURRENT_FRAMES + PREVIOUS_FRAMES)})"
+        )
+    names = DivisionNames.from_divisions(divisions)
+    parameters = settings.suite_parameters()
+    checked: dict[tuple[str, str], int] = {}
+    found: list[pd.DataFrame] = []
+    for suite, frame in frames.items():
+        if suite not in runner.specs:
+            continue
+        per_contest = frame["contest_id"].value_counts(dropna=True).to_dict()
+        reported: dict[str, set[int]] = {}
+        counted_checks: set[str] = set()
+        for outcome in runner.run(suite, frame, parameters):
+            if outcome.check_id not in counted_checks:
+                counted_checks.add(outcome.check_id)
+                for contest, n in per_contest.items():
+                    key = (outcome.check_id, str(contest))
+                    checked[key] = checked.get(key, 0) + int(n)
+            rows = list(outcome.failing_rows)
+            if CHECKS_BY_ID[outcome.check_id].one_failure_per_row:
+                seen = reported.setdefault(outcome.check_id, set())
+                rows = [r for r in rows if r not in seen]
+                seen.update(rows)
+            if rows:
+                found.append(
+                    failure_rows(
+                        frame.iloc[rows], outcome.check_id, outcome.rule, outcome.kwargs,
+                        names, settings,
+                    )
+                )
+
+    failures = (
+        pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=FINDING_COLUMNS)
+    )
+    contests = _contests(snapshot_meta, divisions, turnout, results, failures["contest_id"])
+    summaries = summary_rows(
+        failures, checked, contests, _skip_reasons(snapshot_meta, contests, before)
+    )
+    order = {check.check_id: i for i, check in enumerate(CHECKS)}
+    failures = failures.assign(_order=failures["check_id"].map(order)).sort_values(
+        ["_order", "contest_id", "division_id", "choice_position"], kind="stable"
+    ).drop(columns="_order")
+    dq_results = pd.concat([summaries, failures], ignore_index=True)
+    dq_results.insert(0, "snapshot_id", snapshot_id)
+    dq_results = dq_results[list(schema.DQ_RESULTS)].astype(schema.DQ_RESULTS)
+
+    _log_summary(snapshot_id, dq_results, len(divisions), len(results), started)
+    return dq_results
+
+
+def derived_frames(
+    divisions: pd.DataFrame,
+    turnout: pd.DataFrame,
+    results: pd.DataFrame,
+    snapshot_meta: dict[str, Any],
+    previous: derive.PreviousSnapshot | None,
+    settings: QualityConfig,
+) -> dict[str, pd.DataFrame]:
+    """Every frame a suite validates, by suite name (see `etl.quality.derive`)."""
+    keyed = derive.keyed_results(results, turnout)
+    lines = derive.contest_lines(divisions, keyed)
+    frames = {
+        "divisions": divisions,
+        "turnout": turnout.reset_index(drop=True),
+        "results": keyed,
+        "division_pct_sums": derive.division_pct_sums(
+            results, settings.pct_sum_tolerance_per_line
+        ),
+        "line_coverage": derive.line_coverage(turnout, keyed, lines),
+        "protocol_identities": derive.protocol_identities(turnout, keyed, lines),
+        # A contest that lost pages has parents whose missing children cannot be summed.
+        "reconciliation": derive.reconciliation(
+            divisions, turnout, keyed, derive.contests_with_failures(snapshot_meta)
+        ),
+        "coverage": derive.coverage(divisions, turnout, snapshot_meta, previous),
+    }
+    if previous is not None:
+        frames["revisions"] = derive.revisions(turnout, keyed, previous)
+        frames["swings"] = derive.swings(
+            divisions, turnout, results, previous, settings.swing_min_progress_pp
+        )
+    return frames
+
+
+def critical_contests(dq_results: pd.DataFrame) -> frozenset[str]:
+    """Contests with a failed critical check: their snapshot is quarantined."""
+    failed = dq_results[
+        (dq_results["severity"] == "critical") & ~dq_results["success"].astype(bool)
+    ]
+    return frozenset(str(c) for c in failed["contest_id"].dropna().unique())
+
+
+def validate_snapshot(
+    snapshot_dir: Path,
+    previous_dir: Path | None = None,
+    report_dir: Path | None = None,
+    *,
+    quality_config: QualityConfig | None = None,
+) -> ValidationOutcome:
+    """Validate a scrape output directory; write `dq_results.parquet` there and a report."""
+    from etl.quality.report import write_report
+
+    snapshot_dir = Path(snapshot_dir)
+    meta = read_snapshot_meta(snapshot_dir)
+    frames = read_snapshot_frames(snapshot_dir)
+    previous = None
+    if previous_dir is not None:
+        previous_frames = read_snapshot_frames(Path(previous_dir))
+        previous = (previous_frames["turnout"], previous_frames["results"])
+    dq_results = run_checks(
+        frames["divisions"], frames["turnout"], frames["results"], meta, previous,
+        quality_config=quality_config,
+    )
+    write_dq_results(dq_results, snapshot_dir / DQ_RESULTS_FILE)
+    report_path = write_report(dq_results, meta, report_dir or config.report_dir())
+    return ValidationOutcome(dq_results, critical_contests(dq_results), report_path)
+
+
+def read_snapshot_meta(snapshot_dir: Path) -> dict[str, Any]:
+    """`snapshot.json` of a scrape output directory, or a SnapshotDirError saying why not."""
+    if not snapshot_dir.is_dir():
+        raise SnapshotDirError(f"{snapshot_dir} is not a directory")
+    path = snapshot_dir / SNAPSHOT_META_FILE
+    if not path.is_file():
+        raise SnapshotDirError(
+            f"{snapshot_dir} is not a complete snapshot: {SNAPSHOT_META_FILE} missing "
+            "(an interrupted scrape writes it last)"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SnapshotDirError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(meta, dict) or not meta.get("snapshot_id"):
+        raise SnapshotDirError(f"{path} has no snapshot_id")
+    return meta
+
+
+def read_snapshot_frames(snapshot_dir: Path) -> dict[str, pd.DataFrame]:
+    """The divisions, turnout and results frames of a scrape output directory, typed."""
+    frames = {}
+    for name, columns in schema.FRAMES.items():
+        path = snapshot_dir / f"{name}.parquet"
+        if not path.is_file():
+            raise SnapshotDirError(f"{snapshot_dir} is not a snapshot: {path.name} missing")
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise SnapshotDirError(f"{path} is unreadable: {exc}") from exc
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise SnapshotDirError(f"{path} lacks columns {', '.join(missing)}")
+        frames[name] = frame[list(columns)].astype(columns)
+    return frames
+
+
+def write_dq_results(dq_results: pd.DataFrame, path: Path) -> None:
+    """Write the results next to the snapshot, atomically (a reader never sees half)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    dq_results.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _conform(
+    frame: pd.DataFrame, columns: dict[str, str], what: str, snapshot_id: str | None
+) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} frame lacks columns {', '.join(missing)}")
+    typed = frame[list(columns)].astype(columns).reset_index(drop=True)
+    if snapshot_id is not None:
+        other = set(typed["snapshot_id"].dropna().unique()) - {snapshot_id}
+        if other:
+            raise ValueError(
+                f"{what} frame holds rows of snapshot(s) {sorted(other)}, not only {snapshot_id}"
+            )
+    return typed
+
+
+def _contests(
+    meta: dict[str, Any], *sources: pd.DataFrame | pd.Series
+) -> list[str | None]:
+    ordered: list[str | None] = list(dict.fromkeys(derive._listed_contests(meta)))
+    seen = set(ordered)
+    extra: set[str] = set()
+    has_election_level = False
+    for source in sources:
+        values = source["contest_id"] if isinstance(source, pd.DataFrame) else source
+        for value in values.unique():
+            if pd.isna(value):
+                has_election_level = True
+            elif value not in seen:
+                extra.add(str(value))
+    ordered += sorted(extra)
+    if has_election_level:
+        ordered.append(None)
+    return ordered
+
+
+def _skip_reasons(
+    meta: dict[str, Any],
+    contests: Iterable[str | None],
+    previous: derive.PreviousSnapshot | None,
+) -> dict[tuple[str, str | None], str]:
+    reasons: dict[tuple[str, str | None], str] = {}
+    failed_pages: dict[str, int] = {}
+    for failure in meta.get("failures") or []:
+        if failure.get("contest_id"):
+            failed_contest = str(failure["contest_id"])
+            failed_pages[failed_contest] = failed_pages.get(failed_contest, 0) + 1
+    for contest in contests:
+        if previous is None:
+            for check in CHECKS:
+                if check.needs_previous:
+                    reasons[(check.check_id, contest)] = "not checked: no previous snapshot given"
+        if contest in failed_pages:
+            reasons[("W1", contest)] = (
+                f"not checked: {failed_pages[contest]} page(s) of this contest failed (see W3)"
+            )
+    return reasons
+
+
+def _log_summary(
+    snapshot_id: str, dq_results: pd.DataFrame, n_divisions: int, n_results: int, started: float
+) -> None:
+    summaries = dq_results[dq_results["division_id"].isna()]
+    failed = summaries[~summaries["success"].astype(bool)]
+    instances = dq_results[dq_results["division_id"].notna()]
+    by_check = instances["check_id"].value_counts().sort_index().to_dict()
+    log.info(
+        "validated snapshot %s: %d divisions, %d result rows in; %d failure rows out %s; "
+        "%d critical and %d warning (check, contest) pairs failed; %.2fs",
+        snapshot_id, n_divisions, n_results, len(instances), by_check,
+        int((failed["severity"] == "critical").sum()), int((failed["severity"] == "warning").sum()),
+        time.perf_counter() - started,
+    )
