@@ -1,0 +1,243 @@
+"""The two warehouse backends behind one small interface, chosen by URL.
+
+`duckdb:///path/file.duckdb` (an embedded file; one writer at a time, so every call opens,
+works and closes) or `postgresql://user@host:port/db` (psycopg 3). SQL is written once with
+`?` placeholders; the PostgreSQL backend turns them into psycopg's `%s`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+log = logging.getLogger(__name__)
+
+# A DuckDB file is locked by its writer; a reader (or a loader) that finds it locked waits
+# this long for the other process to close it before giving up.
+DUCKDB_LOCK_WAIT_SECONDS = 30.0
+
+
+class WarehouseURLError(ValueError):
+    """A warehouse URL this project cannot use."""
+
+
+class Backend(ABC):
+    """An open connection to one warehouse; use as a context manager."""
+
+    dialect: str
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a query and return all its rows."""
+
+    @abstractmethod
+    def query_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """Run a query and return its rows as a pandas frame (column names from the query)."""
+
+    @abstractmethod
+    def bulk_insert(self, table: str, rows: pa.Table) -> int:
+        """Append an Arrow table's rows to `table` (columns by name) in bulk; return the count."""
+
+    @abstractmethod
+    def begin(self) -> None:
+        """Start a transaction."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Commit the transaction."""
+
+    @abstractmethod
+    def rollback(self) -> None:
+        """Roll the transaction back."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection."""
+
+    def lock(self, key: str) -> None:  # noqa: B027 — a no-op is right for DuckDB
+        """Serialise transactions on `key` until commit (DuckDB has one writer anyway)."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together, or not at all."""
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(url: str) -> Backend:
+    """Open the backend a warehouse URL names."""
+    scheme = urlsplit(url).scheme
+    if scheme == "duckdb":
+        return DuckDBBackend(duckdb_path(url))
+    if scheme in ("postgresql", "postgres"):
+        return PostgresBackend(url)
+    raise WarehouseURLError(
+        f"unsupported warehouse URL {redact(url)!r}: use duckdb:///path/to/file.duckdb "
+        "or postgresql://user@host:port/database"
+    )
+
+
+def duckdb_path(url: str) -> Path:
+    """The file of a DuckDB URL, SQLAlchemy style like `etl.config.warehouse_url()`.
+
+    `duckdb:///data/warehouse.duckdb` is relative to the working directory;
+    `duckdb:////srv/cec/warehouse.duckdb` (four slashes) is absolute.
+    """
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/") or parts.path.rstrip("/") == "":
+        raise WarehouseURLError(
+            f"bad DuckDB URL {url!r}: use duckdb:///relative/file.duckdb "
+            "or duckdb:////absolute/file.duckdb"
+        )
+    return Path(unquote(parts.path[1:]))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+class DuckDBBackend(Backend):
+    """A DuckDB file, opened for one call and closed after it."""
+
+    dialect = "duckdb"
+
+    def __init__(self, path: Path, lock_wait_seconds: float = DUCKDB_LOCK_WAIT_SECONDS) -> None:
+        import duckdb
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + lock_wait_seconds
+        while True:
+            try:
+                self.connection = duckdb.connect(str(path))
+                break
+            except duckdb.IOException as error:
+                # Another process has the file open: wait for it rather than fail the load.
+                if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.path = path
+        self._staged = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.connection.execute(sql, list(params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.connection.execute(sql, list(params)).fetchall()
+
+    def query_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        return self.connection.execute(sql, list(params)).df()
+
+    def bulk_insert(self, table: str, rows: pa.Table) -> int:
+        # Register the Arrow table as a view and copy it in one INSERT … SELECT.
+        self._staged += 1
+        view = f"staged_{table}_{self._staged}"
+        self.connection.register(view, rows)
+        try:
+            columns = ", ".join(rows.column_names)
+            self.connection.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {view}")
+        finally:
+            self.connection.unregister(view)
+        return rows.num_rows
+
+    def begin(self) -> None:
+        self.connection.begin()
+
+    def commit(self) -> None:
+        self.connection.commit()
+
+    def rollback(self) -> None:
+        self.connection.rollback()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class PostgresBackend(Backend):
+    """A PostgreSQL database through psycopg 3; bulk rows go through COPY."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        try:
+            # autocommit: transactions are explicit (BEGIN … COMMIT), as in DuckDB.
+            self.connection = psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError as error:
+            raise ConnectionError(f"cannot connect to {redact(url)}: {error}") from error
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.connection.execute(self._sql(sql), list(params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = self.connection.execute(self._sql(sql), list(params))
+        return cursor.fetchall()
+
+    def query_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        cursor = self.connection.execute(self._sql(sql), list(params))
+        columns = [column.name for column in cursor.description or ()]
+        return pd.DataFrame(cursor.fetchall(), columns=columns)
+
+    def bulk_insert(self, table: str, rows: pa.Table) -> int:
+        if rows.num_rows == 0:
+            return 0
+        # CSV written by Arrow: nulls are empty and unquoted, every string is quoted, so
+        # COPY tells NULL from '' and quotes, commas and newlines in names round-trip.
+        buffer = io.BytesIO()
+        pa_csv.write_csv(rows, buffer, pa_csv.WriteOptions(include_header=False))
+        columns = ", ".join(rows.column_names)
+        with self.connection.cursor() as cursor, cursor.copy(
+            f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)"
+        ) as copy:
+            copy.write(buffer.getbuffer())
+        return rows.num_rows
+
+    def lock(self, key: str) -> None:
+        self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", [key])
+
+    def begin(self) -> None:
+        self.connection.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.connection.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.connection.close()
