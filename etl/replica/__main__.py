@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(start_server(replica, args.host, args.port))
     snapshot = scenario.snapshots[replica.index]
+    port = server.sockets[0].getsockname()[1]  # the real one when --port 0
     logger.info(
         "serving http://%s:%d/ru/results/ at snapshot %d (%s)%s",
         args.host,
-        args.port,
+        port,
         snapshot.index,
         snapshot.label,
         f", live x{args.speed:g}" if args.live else "",
