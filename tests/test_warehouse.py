@@ -378,3 +378,15 @@ def test_sigkill_during_the_bulk_inserts_is_all_or_nothing(warehouse, tmp_path, 
                 "snapshot_contests": 37, "seat_allocations": 130}
     found = {table: count(warehouse, table, "big") for table in expected}
     assert found in ({table: 0 for table in expected}, expected)
+
+
+def test_readme_example_queries_run(warehouse, tmp_path):
+    load_snapshot(warehouse, write(small_snapshot("s1"), tmp_path))
+    readme = (REPO_ROOT / "etl" / "warehouse" / "README.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in readme.split("```sql\n")[1:]]
+    statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
+    assert len(statements) >= 5
+    answers = [query(warehouse, statement) for statement in statements]
+    assert len(answers[0]) == 22  # 21 parties and against-all, national
+    assert len(answers[1]) == 1 and answers[1][0][1] > 0  # one snapshot of party №21
+    assert sum(row[4] for row in answers[2]) == 54  # every party-list seat is given
