@@ -262,6 +262,16 @@ def _attr(tag: Tag, name: str) -> str | None:
     return value if isinstance(value, str) else " ".join(value)
 
 
+def _resolve(url: str, href: str) -> str:
+    """`href` resolved against the page URL, as a root-relative path when on the same host."""
+    if href.startswith("/") and not href.startswith("//"):
+        return href
+    target = urlsplit(urljoin(url, href))
+    if target.netloc and target.netloc != urlsplit(url).netloc:
+        return target.geturl()  # another host: only a full URL can reach it
+    return target.path + (f"?{target.query}" if target.query else "")
+
+
 def _path_segments(href: str) -> list[str]:
     return [s for s in urlsplit(href).path.split("/") if s]
 
@@ -278,7 +288,8 @@ def parse_election_list(html: bytes, url: str) -> ElectionListPage:
         href = _attr(anchor, "href")
         if not href:
             raise PageParseError(url, "href of an a.election link", _text(anchor).strip())
-        segments = _path_segments(urljoin(url, href))
+        href = _resolve(url, href)
+        segments = _path_segments(href)
         # /{lang}/results/{election_id}/: the id is the segment after "results".
         if "results" in segments and segments.index("results") + 1 < len(segments):
             segment = segments[segments.index("results") + 1]
@@ -305,13 +316,14 @@ def parse_election(html: bytes, url: str) -> ElectionPage:
     else:
         raise PageParseError(url, "election name (<h1>)")
     date: str | None = None
-    time_tag = soup.find("time")
-    if isinstance(time_tag, Tag):
-        date = _attr(time_tag, "datetime") or _text(time_tag).strip() or None
+    # The page may also carry the portal's `updated` time, which is not the election date.
+    times = [t for t in soup.find_all("time") if "updated" not in _classes(t)]
+    if times:
+        date = _attr(times[0], "datetime") or _text(times[0]).strip() or None
     contests: list[Link] = []
     seen: set[str] = set()
     for anchor in soup.find_all("a", class_="contest"):
-        href = _attr(anchor, "href") or ""
+        href = _resolve(url, _attr(anchor, "href") or "")
         segment = _attr(anchor, "data-contest")
         if not segment:
             segments = _path_segments(href)
@@ -507,14 +519,10 @@ def _child_links(table: Tag, url: str) -> list[Link]:
         href = _attr(anchor, "href")
         if not href:
             continue
-        if href.startswith("/") and not href.startswith("//"):
-            # The usual root-relative href: urljoin would cost more than the rest of this loop.
-            path = href.partition("?")[0].partition("#")[0]
-        else:
-            target = urlsplit(urljoin(url, href))
-            if page.netloc and target.netloc and target.netloc != page.netloc:
-                continue
-            path = target.path
+        href = _resolve(url, href)
+        if "://" in href:
+            continue  # another host is not a division of this contest
+        path = href.partition("?")[0].partition("#")[0]
         if not path.endswith("/"):
             path += "/"
         # A child is another page of this contest, deeper than the contest root; the

@@ -1,0 +1,347 @@
+"""Tests of `etl.parse` on hand-written pages (tests/fixtures/pages) and on replica pages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from etl.parse import (
+    NumberFormatError,
+    PageParseError,
+    PortalMaintenance,
+    parse_count,
+    parse_counted_of_total,
+    parse_division,
+    parse_election,
+    parse_election_list,
+    parse_percent,
+)
+from etl.records import BallotLine, Link, ProtocolFigures
+
+PAGES = Path(__file__).parent / "fixtures" / "pages"
+BASE = "http://127.0.0.1:8765"
+BISHKEK = timezone(timedelta(hours=6))
+
+
+def page(name: str) -> bytes:
+    return (PAGES / name).read_bytes()
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1 182 291", 1182291),
+        ("1182291", 1182291),
+        ("1\u00a0182\u00a0291", 1182291),
+        ("1\u202f182\u202f291", 1182291),
+        ("1\u2009182\u2009291", 1182291),
+        ("  4 906\n", 4906),
+        ("0", 0),
+        ("—", None),
+        ("–", None),
+        ("-", None),
+        ("", None),
+        ("   ", None),
+        (None, None),
+    ],
+)
+def test_parse_count_formats(text: str | None, expected: int | None) -> None:
+    assert parse_count(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3,48%", 3.48),
+        ("3.48 %", 3.48),
+        ("3.48", 3.48),
+        ("3,48\u00a0%", 3.48),
+        ("100%", 100.0),
+        ("0,00%", 0.0),
+        ("—", None),
+        ("-", None),
+        ("", None),
+        ("%", None),
+    ],
+)
+def test_parse_percent_formats(text: str, expected: float | None) -> None:
+    assert parse_percent(text) == expected
+
+
+@pytest.mark.parametrize("text", ["12a4", "1,5", "1.182.291", "-5", "12 %"])
+def test_malformed_count_raises_naming_the_text(text: str) -> None:
+    with pytest.raises(NumberFormatError) as excinfo:
+        parse_count(text)
+    assert isinstance(excinfo.value, ValueError)
+    assert repr(text) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("text", ["3,4,8%", "abc", "3.48%%", "1.2.3"])
+def test_malformed_percent_raises_naming_the_text(text: str) -> None:
+    with pytest.raises(ValueError, match="percentage"):
+        parse_percent(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("371 из 392", (371, 392)),
+        ("371 / 392", (371, 392)),
+        ("371/392", (371, 392)),
+        ("2 247 из 2 494", (2247, 2494)),
+        # Kyrgyz puts the whole first: "of 392, 371".
+        ("392 ичинен 371", (371, 392)),
+        ("0 из 1", (0, 1)),
+        ("—", (None, None)),
+        ("15", (15, None)),
+    ],
+)
+def test_counted_of_total(text: str, expected: tuple[int | None, int | None]) -> None:
+    assert parse_counted_of_total(text) == expected
+
+
+# --------------------------------------------------------------------------- division pages
+
+
+def test_spec_example_page() -> None:
+    url = f"{BASE}/ru/results/jk2021/list/7/"
+    parsed = parse_division(page("spec_example_ru.html"), url)
+
+    assert parsed.declared_id == "7"
+    assert parsed.level == "region"
+    assert parsed.name == "Чуйская область"
+    assert parsed.portal_updated_at == datetime(2021, 11, 28, 21, 5, 13, tzinfo=BISHKEK)
+    assert parsed.portal_updated_at.utcoffset() == timedelta(hours=6)
+    assert parsed.protocol == ProtocolFigures(
+        registered=421315,
+        ballots_issued=141027,
+        ballots_cast=140998,
+        invalid=13554,
+        valid=127444,
+        turnout_pct_published=33.47,
+        precincts_counted=371,
+        precincts_total=392,
+    )
+    assert parsed.has_results_table
+    assert parsed.lines == (
+        BallotLine(1, "«Ата-Мекен»", False, 4906, 3.48),
+        BallotLine(2, "«Бүтүн Кыргызстан»", False, 9503, 6.74),
+        BallotLine(None, "Против всех", True, 3060, 2.17),
+    )
+    # The breadcrumb's link to the root is not a child; the subdivision table's link is.
+    assert parsed.children == (
+        Link(segment="7101", name="УИК №7101", href="/ru/results/jk2021/list/7101/"),
+    )
+
+
+def test_full_country_page_with_22_lines_and_10_children() -> None:
+    parsed = parse_division(page("country_full_ru.html"), f"{BASE}/ru/results/jk2021/list/")
+
+    assert len(parsed.lines) == 22
+    assert [line.choice_position for line in parsed.lines] == [*range(1, 22), None]
+    assert [line.is_against_all for line in parsed.lines] == [False] * 21 + [True]
+    assert parsed.protocol.precincts_counted == 2247
+    assert parsed.protocol.precincts_total == 2494
+    # valid = choices + against all, as the protocol identity requires
+    assert sum(line.votes or 0 for line in parsed.lines) == 1053783
+    assert [c.segment for c in parsed.children] == [str(i) for i in range(1, 11)]
+    assert parsed.children[6].name == "Чуйская область"
+
+
+def test_every_number_format_and_missing_cells() -> None:
+    parsed = parse_division(page("formats_ru.html"), f"{BASE}/ru/results/jk2021/list/7101/")
+
+    assert parsed.protocol == ProtocolFigures(
+        registered=1182291,  # U+202F
+        ballots_issued=1182000,  # U+2009
+        ballots_cast=1181000,  # U+00A0
+        invalid=None,  # "-"
+        valid=None,  # empty cell
+        turnout_pct_published=31.92,  # point, no % sign
+        precincts_counted=1,
+        precincts_total=1,  # "1 / 1"
+    )
+    votes = {line.choice_position: (line.votes, line.pct_published) for line in parsed.lines}
+    assert votes == {
+        1: (1182291, 3.48),  # no separator; "3.48 %"
+        2: (None, None),  # en dash and em dash are missing, not zero
+        3: (None, None),  # empty cells
+        4: (0, 0.0),  # a real zero stays zero
+    }
+    assert parsed.children == ()  # a precinct page has no child table
+
+
+def test_updated_time_without_datetime_attribute_is_bishkek_time() -> None:
+    parsed = parse_division(page("formats_ru.html"), f"{BASE}/ru/results/jk2021/list/7101/")
+
+    assert parsed.portal_updated_at == datetime(2021, 11, 28, 21, 5, 13, tzinfo=BISHKEK)
+    assert parsed.portal_updated_at.tzinfo is not None
+
+
+def test_reordered_columns_unclassed_tables_and_against_all_by_label() -> None:
+    url = f"{BASE}/ru/results/jk2021/okrug-7/"
+    parsed = parse_division(page("reordered_columns_ru.html"), url)
+
+    assert parsed.has_results_table
+    assert parsed.lines == (
+        BallotLine(2, "Асанов Бакыт Асанович", False, 8020, 20.0),
+        BallotLine(1, "Токтогулова Айгүл Маратовна", False, 6015, 15.0),
+        BallotLine(None, "ПРОТИВ ВСЕХ", True, 2005, 5.0),
+    )
+    # Protocol rows in another order and in <td> cells; absent rows stay None.
+    assert parsed.protocol == ProtocolFigures(
+        registered=100000, ballots_cast=40100, turnout_pct_published=40.1
+    )
+    # A relative href is resolved against the page URL.
+    assert parsed.children == (
+        Link("1201", "УИК №1201", "/ru/results/jk2021/okrug-7/1201/"),
+        Link("1202", "УИК №1202", "/ru/results/jk2021/okrug-7/1202/"),
+    )
+
+
+def test_kyrgyz_page() -> None:
+    parsed = parse_division(page("division_kg.html"), f"{BASE}/kg/results/jk2021/list/7/")
+
+    assert parsed.name == "Чүй облусу"
+    assert parsed.protocol == ProtocolFigures(
+        registered=421315,
+        ballots_issued=141027,
+        ballots_cast=140998,
+        invalid=13554,
+        valid=127444,
+        turnout_pct_published=33.47,
+        precincts_counted=371,
+        precincts_total=392,
+    )
+    assert parsed.lines == (
+        BallotLine(1, "«Ата-Мекен» саясий партиясы", False, 4906, 3.48),
+        BallotLine(2, "«Бүтүн Кыргызстан» саясий партиясы", False, 9503, 6.74),
+        BallotLine(21, "«Ата-Журт Кыргызстан» саясий партиясы", False, 23775, 16.86),
+        # no against-all class and an empty № cell: recognised by its label
+        BallotLine(None, "Баарына каршы", True, 3060, 2.17),
+    )
+    assert [c.segment for c in parsed.children] == ["7101", "7102"]
+
+
+def test_party_names_kept_verbatim_and_duplicates_kept() -> None:
+    parsed = parse_division(page("party_names_ru.html"), f"{BASE}/ru/results/jk2021/okrug-21/")
+
+    names = [line.choice_name for line in parsed.lines]
+    assert names == [
+        "«Ата-Мекен»",  # surrounding whitespace and newline stripped, quotes kept
+        '"Бүтүн Кыргызстан"',
+        "Альянс",
+        "«Патриоттук биримдик» саясий партиясы",
+        "Альянс",
+        "Против всех",
+    ]
+    # The same line twice is returned twice: the quality gate must see the duplicate.
+    assert [line.choice_position for line in parsed.lines].count(3) == 2
+
+
+def test_layout_table_does_not_hide_the_tables_inside_it() -> None:
+    parsed = parse_division(page("layout_table_ru.html"), f"{BASE}/ru/results/jk2021/list/7/")
+
+    assert parsed.declared_id == "7"
+    assert parsed.protocol.registered == 421315
+    assert parsed.protocol.precincts_total == 392
+    assert parsed.lines == (BallotLine(1, "«Ата-Мекен»", False, 4906, 3.48),)
+    assert [c.segment for c in parsed.children] == ["7101"]
+
+
+def test_page_without_results_table_is_not_an_error() -> None:
+    parsed = parse_division(page("no_results_ru.html"), f"{BASE}/ru/results/jk2021/list/7101/")
+
+    assert parsed.declared_id == "7101"
+    assert parsed.has_results_table is False
+    assert parsed.lines == ()
+    assert parsed.protocol == ProtocolFigures()
+    # breadcrumb links (outside any table) are not children
+    assert parsed.children == ()
+
+
+def test_maintenance_page_raises_portal_maintenance_naming_the_url() -> None:
+    url = f"{BASE}/ru/results/jk2021/list/7/"
+    with pytest.raises(PortalMaintenance) as excinfo:
+        parse_division(page("maintenance_ru.html"), url)
+
+    error = excinfo.value
+    assert isinstance(error, PageParseError)
+    assert error.url == url
+    assert url in str(error)
+    assert "Ведутся технические работы" in str(error)
+
+
+def test_unreadable_results_header_names_url_and_missing_column() -> None:
+    url = f"{BASE}/ru/results/jk2021/list/7/"
+    with pytest.raises(PageParseError) as excinfo:
+        parse_division(page("bad_header_ru.html"), url)
+
+    error = excinfo.value
+    assert not isinstance(error, PortalMaintenance)
+    assert error.url == url
+    assert "votes" in error.what
+    assert url in str(error)
+    assert "votes" in str(error)
+
+
+def test_unreadable_header_without_results_class_still_raises() -> None:
+    html = page("bad_header_ru.html").replace(b'class="results"', b"")
+    with pytest.raises(PageParseError, match="votes"):
+        parse_division(html, f"{BASE}/ru/results/jk2021/list/7/")
+
+
+def test_row_without_ballot_number_raises() -> None:
+    html = page("spec_example_ru.html").replace(b"<td>2</td>", b"<td>\xe2\x80\x94</td>")
+    with pytest.raises(PageParseError, match="ballot number") as excinfo:
+        parse_division(html, f"{BASE}/ru/results/jk2021/list/7/")
+    assert "Бүтүн Кыргызстан" in str(excinfo.value)
+
+
+def test_malformed_vote_count_raises_page_error_naming_url_and_text() -> None:
+    url = f"{BASE}/ru/results/jk2021/list/7/"
+    html = page("spec_example_ru.html").replace(b"4 906", b"12a4")
+    with pytest.raises(PageParseError) as excinfo:
+        parse_division(html, url)
+    assert url in str(excinfo.value)
+    assert "12a4" in str(excinfo.value)
+    assert isinstance(excinfo.value.__cause__, NumberFormatError)
+
+
+def test_heading_missing_but_tables_present_raises() -> None:
+    html = page("spec_example_ru.html").replace(b"<h1", b"<h2").replace(b"</h1>", b"</h2>")
+    with pytest.raises(PageParseError, match="heading") as excinfo:
+        parse_division(html, f"{BASE}/ru/results/jk2021/list/7/")
+    assert not isinstance(excinfo.value, PortalMaintenance)
+
+
+# --------------------------------------------------------------------------- list pages
+
+
+def test_election_list() -> None:
+    parsed = parse_election_list(page("election_list_ru.html"), f"{BASE}/ru/results/")
+
+    assert [e.segment for e in parsed.elections] == ["jk2021", "pres2021", "jk2020"]
+    assert parsed.elections[0] == Link(
+        "jk2021",
+        "Выборы депутатов Жогорку Кенеша Кыргызской Республики 28.11.2021",
+        "/ru/results/jk2021/",
+    )
+    # another host keeps its full URL; a link without class "election" is ignored
+    assert parsed.elections[1].href == "https://shailoo.gov.kg/ru/results/pres2021/"
+
+
+def test_election_page() -> None:
+    parsed = parse_election(page("election_ru.html"), f"{BASE}/ru/results/jk2021/")
+
+    assert parsed.name == "Выборы депутатов Жогорку Кенеша Кыргызской Республики 28.11.2021"
+    assert parsed.date == "2021-11-28"  # the election date, not the `updated` time
+    assert [c.segment for c in parsed.contests] == ["list", "okrug-1", "okrug-2"]
+    assert parsed.contests[0] == Link(
+        "list", "Единый общереспубликанский избирательный округ", "/ru/results/jk2021/list/"
+    )
