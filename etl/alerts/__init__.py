@@ -5,6 +5,17 @@ See `etl/alerts/README.md` for the rules (deduplication, resolution) and the set
 
 from __future__ import annotations
 
+from etl.alerts.book import (
+    AlertBook,
+    DeliveryFailure,
+    DispatchResult,
+    Scope,
+    alert_on_failed_run,
+    alert_on_snapshot,
+    alert_on_unchanged_portal,
+    dispatch,
+    record_run_outcome,
+)
 from etl.alerts.build import alerts_for_pipeline_failure, alerts_for_snapshot
 from etl.alerts.channels import (
     AlertDeliveryError,
@@ -19,15 +30,24 @@ from etl.alerts.model import Alert, AlertKind, Severity
 
 __all__ = [
     "Alert",
+    "AlertBook",
     "AlertDeliveryError",
     "AlertKind",
     "Channel",
+    "DeliveryFailure",
+    "DispatchResult",
     "EmailChannel",
     "JsonLinesChannel",
+    "Scope",
     "Severity",
     "SlackChannel",
     "WebhookChannel",
+    "alert_on_failed_run",
+    "alert_on_snapshot",
+    "alert_on_unchanged_portal",
     "alerts_for_pipeline_failure",
     "alerts_for_snapshot",
     "configured_channels",
+    "dispatch",
+    "record_run_outcome",
 ]
