@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import lxml.html
@@ -647,3 +648,12 @@ def test_every_precinct_and_division_is_consistent_in_the_ground_truth():
                     kids = [scenario.tally(index, contest.contest_id, c) for c in division.children]
                     assert tally.ballots_cast == sum(k.ballots_cast for k in kids)
                     assert tally.votes == tuple(map(sum, zip(*(k.votes for k in kids), strict=True)))
+
+
+def test_goto_by_portal_time(server, http):
+    response = http.post(
+        server.base_url + "/_replica/goto", params={"time": "2021-11-28T21:30:00+06:00"}
+    )
+    assert response.json()["label"] == "withdrawn-503"  # the last update before 21:30
+    when = datetime.fromisoformat("2021-12-15T18:00:00+06:00")
+    assert server.scenario.index_at(when) == server.scenario.index_of("final")

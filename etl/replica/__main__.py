@@ -20,7 +20,7 @@ to the formula error in 25 s, but the days of recount take hours: use --speed 36
 POST /_replica/goto?label=... to jump.
 
 Control endpoints: GET /_replica/state, GET /_replica/snapshots,
-POST /_replica/goto?at=N or ?label=final, GET|POST|DELETE /_replica/faults
+POST /_replica/goto?at=N, ?label=final or ?time=ISO (portal time), GET|POST|DELETE /_replica/faults
 (POST body: a JSON object of the fault switches below, e.g. {"status": 503,
 "status_count": 2, "retry_after": 1}).
 

@@ -9,6 +9,7 @@ are flags on the snapshot that the renderer applies, not changes to the counts.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -190,6 +191,13 @@ class Scenario:
         if not 0 <= index < len(self.snapshots):
             raise IndexError(f"snapshot {at} out of range 0..{len(self.snapshots) - 1}")
         return index
+
+    def index_at(self, when: datetime) -> int:
+        """The snapshot the portal showed at portal time `when` (the first one before it)."""
+        if when.tzinfo is None:
+            raise ValueError("give an aware datetime, e.g. 2021-11-28T21:00:00+06:00")
+        times = [s.portal_time for s in self.snapshots]
+        return max(bisect_right(times, when) - 1, 0)
 
     def precinct_states(self, index: int) -> np.ndarray:
         """Per global precinct: NOT_COUNTED, AUTOMATIC or MANUAL in snapshot `index`."""

@@ -18,6 +18,7 @@ import time
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime
 from email.utils import formatdate, parsedate_to_datetime
 from types import TracebackType
 from typing import Any, cast
@@ -281,9 +282,11 @@ class Replica:
             if path == "/_replica/snapshots" and method == "GET":
                 return _json_reply(200, [_snapshot_json(s) for s in self.scenario.snapshots])
             if path == "/_replica/goto" and method == "POST":
-                at = params.get("label") or params.get("at")
+                at: int | str | None = params.get("label") or params.get("at")
+                if "time" in params:
+                    at = self.scenario.index_at(datetime.fromisoformat(params["time"]))
                 if at is None:
-                    return _json_reply(400, {"error": "give ?at=N or ?label=LABEL"})
+                    return _json_reply(400, {"error": "give ?at=N, ?label=LABEL or ?time=ISO"})
                 self.goto(at)
                 return _json_reply(200, self.state())
             if path == "/_replica/faults":
@@ -400,10 +403,10 @@ class _HttpProtocol(asyncio.Protocol):
                 return
             try:
                 method, target, version, headers = _parse_head(bytes(self.buffer[:end]))
+                length = int(headers.get("content-length", "0") or 0)
             except ValueError:
                 self._finish(_Reply(_simple(400, b"bad request\n", HTML), close=True))
                 return
-            length = int(headers.get("content-length", "0") or 0)
             if len(self.buffer) < end + 4 + length:
                 return
             body = bytes(self.buffer[end + 4 : end + 4 + length])
