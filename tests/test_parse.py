@@ -345,3 +345,140 @@ def test_election_page() -> None:
     assert parsed.contests[0] == Link(
         "list", "Единый общереспубликанский избирательный округ", "/ru/results/jk2021/list/"
     )
+
+
+# --------------------------------------------------------------------------- replica pages
+
+
+@pytest.fixture(scope="module")
+def replica():
+    from etl.replica.render import PortalRenderer
+    from etl.replica.scenario import load_scenario
+
+    scenario = load_scenario("kg2021")
+    return scenario, PortalRenderer(scenario)
+
+
+def _render(renderer, index: int, path: str) -> bytes:
+    rendered = renderer.render(index, path)
+    assert rendered is not None, path
+    assert rendered.status == 200, path
+    return rendered.body
+
+
+def _assert_division_matches(scenario, index, contest, division_id, parsed, lang) -> None:
+    division = contest.divisions[division_id]
+    tally = scenario.tally(index, contest.contest_id, division_id)
+    counted = tally.precincts_counted > 0
+    assert parsed.declared_id == division.division_id
+    assert parsed.level == division.level
+    assert parsed.name == (division.name_ru if lang == "ru" else division.name_kg)
+    assert parsed.portal_updated_at == scenario.snapshots[index].portal_time
+    assert parsed.protocol == ProtocolFigures(
+        registered=tally.registered,
+        ballots_issued=tally.ballots_issued if counted else None,
+        ballots_cast=tally.ballots_cast if counted else None,
+        invalid=tally.invalid if counted else None,
+        valid=tally.valid if counted else None,
+        turnout_pct_published=tally.turnout_pct if counted else None,
+        precincts_counted=tally.precincts_counted,
+        precincts_total=tally.precincts_total,
+    )
+    assert parsed.has_results_table
+    expected_lines: list[BallotLine] = []
+    if counted:
+        expected_lines = [
+            BallotLine(c.position, c.name, False, v, tally.pct(v))
+            for c, v in zip(contest.choices, tally.votes, strict=True)
+        ]
+        against_all = "Против всех" if lang == "ru" else "Баарына каршы"
+        expected_lines.append(
+            BallotLine(None, against_all, True, tally.against_all, tally.pct(tally.against_all))
+        )
+    assert parsed.lines == tuple(expected_lines)
+    assert tuple(c.segment for c in parsed.children) == division.children
+
+
+def _walk_contest(scenario, renderer, index: int, lang: str, contest_id: str) -> int:
+    """Parse every division page of a contest, following the parsed child links."""
+    contest = scenario.contests[contest_id]
+    root = f"/{lang}/results/{scenario.election_id}/{contest_id}/"
+    pending = [(root, contest.root_id)]
+    parsed_pages = 0
+    while pending:
+        path, division_id = pending.pop()
+        parsed = parse_division(_render(renderer, index, path), BASE + path)
+        _assert_division_matches(scenario, index, contest, division_id, parsed, lang)
+        parsed_pages += 1
+        pending.extend((child.href, child.segment) for child in parsed.children)
+    return parsed_pages
+
+
+def test_replica_final_snapshot_party_list_parses_to_its_ground_truth(replica) -> None:
+    scenario, renderer = replica
+    final = len(scenario.snapshots) - 1
+    contest = scenario.contests["list"]
+
+    parsed_pages = _walk_contest(scenario, renderer, final, "ru", "list")
+
+    # every division of the contest was reached through parsed child links
+    assert parsed_pages == len(contest.divisions)
+
+
+def test_replica_final_snapshot_kyrgyz_pages(replica) -> None:
+    scenario, renderer = replica
+    final = len(scenario.snapshots) - 1
+
+    for contest_id in ("okrug-1", "okrug-36"):
+        parsed_pages = _walk_contest(scenario, renderer, final, "kg", contest_id)
+        assert parsed_pages == len(scenario.contests[contest_id].divisions)
+
+
+def test_replica_list_and_election_pages(replica) -> None:
+    scenario, renderer = replica
+    final = len(scenario.snapshots) - 1
+
+    listing = parse_election_list(_render(renderer, final, "/ru/results/"), f"{BASE}/ru/results/")
+    assert [e.segment for e in listing.elections] == [scenario.election_id]
+    election = parse_election(_render(renderer, final, listing.elections[0].href), BASE)
+    assert election.name == scenario.election_name_ru
+    assert election.date == scenario.election_date
+    assert [c.segment for c in election.contests] == list(scenario.contests)
+
+
+def test_replica_before_counting_shows_dashes_as_missing(replica) -> None:
+    scenario, renderer = replica
+    contest = scenario.contests["list"]
+    path = f"/ru/results/{scenario.election_id}/list/"
+
+    parsed = parse_division(_render(renderer, 0, path), BASE + path)
+
+    assert parsed.protocol.precincts_counted == 0
+    assert parsed.protocol.ballots_cast is None
+    assert parsed.protocol.registered == scenario.tally(0, "list").registered
+    _assert_division_matches(scenario, 0, contest, contest.root_id, parsed, "ru")
+
+
+def test_replica_duplicate_candidate_is_returned_twice(replica) -> None:
+    scenario, renderer = replica
+    index = scenario.index_of("duplicate-candidate")
+    duplicate = scenario.snapshots[index].duplicate
+    path = f"/ru/results/{scenario.election_id}/{duplicate.contest_id}/"
+    if duplicate.division_id != scenario.contests[duplicate.contest_id].root_id:
+        path += f"{duplicate.division_id}/"
+
+    parsed = parse_division(_render(renderer, index, path), BASE + path)
+
+    positions = [line.choice_position for line in parsed.lines]
+    assert positions.count(duplicate.position) == 2
+    assert len(parsed.lines) == len(scenario.contests[duplicate.contest_id].choices) + 2
+
+
+def test_replica_maintenance_page_raises(replica) -> None:
+    scenario, renderer = replica
+    index = scenario.index_of("withdrawn-maintenance")
+    path = f"/ru/results/{scenario.election_id}/list/"
+
+    with pytest.raises(PortalMaintenance) as excinfo:
+        parse_division(_render(renderer, index, path), BASE + path)
+    assert excinfo.value.url == BASE + path
