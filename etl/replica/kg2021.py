@@ -347,6 +347,7 @@ class _Geography:
         region_arr = np.array(region_of)
         registered = np.zeros(len(ids), dtype=np.int64)
         weights = np.array([region.registered_weight for region in REGIONS[:-1]])
+        weights = weights * rng.uniform(0.97, 1.03, len(weights))  # no suspiciously round rolls
         in_country = apportion(REGISTERED_TOTAL - REGISTERED_ABROAD, weights)
         totals = [*in_country.tolist(), REGISTERED_ABROAD]
         for r in range(len(REGIONS)):
