@@ -235,6 +235,15 @@ def test_warnings_are_grouped_per_contest_and_passing_contests_stay_quiet() -> N
                for d in alert.details)
 
 
+def test_a_check_failing_only_in_its_summary_row_is_still_described() -> None:
+    rows = [dq_row("W3", "okrug-7", None, "2 pages missing", "0 pages missing",
+                   "2 division pages could not be fetched")]
+    (alert,) = alerts_for_snapshot(meta(), frame(rows), {"okrug-7": ("published", None)}, REPORT)
+    assert alert.checks == ("W3",)
+    assert alert.details == ("W3 at contest okrug-7: 2 division pages could not be fetched "
+                             "(observed 2 pages missing, expected 0 pages missing)",)
+
+
 def test_quarantined_contest_with_warnings_gets_both_alerts() -> None:
     rows = c1_rows() + w2_rows("list")
     alerts = alerts_for_snapshot(meta(), frame(rows), {"list": ("quarantined", None)}, REPORT)

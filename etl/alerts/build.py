@@ -18,12 +18,7 @@ from etl.config import portal_url
 logger = logging.getLogger(__name__)
 
 CONTEST_STATUSES = ("published", "quarantined", "failed")
-_HEADLINE_WORD: dict[AlertKind, str] = {
-    "quarantined": "QUARANTINED",
-    "warning": "WARNING",
-    "pipeline_failed": "PIPELINE FAILED",
-    "resolved": "RESOLVED",
-}
+_HEADLINE_WORD: dict[AlertKind, str] = {"quarantined": "QUARANTINED", "warning": "WARNING"}
 
 
 @dataclass(frozen=True)
@@ -191,13 +186,11 @@ def _quality_alert(
     rows: pd.DataFrame,
 ) -> Alert:
     """A quarantine or warning alert for one contest from its failing quality rows."""
-    rows = rows.sort_values("check_id", kind="stable")
-    checks = tuple(dict.fromkeys(rows["check_id"].astype(str)))
+    checks = tuple(sorted(set(rows["check_id"].astype(str))))
     instances = rows[rows["division_id"].notna()]
-    # Summary rows (division null) speak for a check only when it has no instance rows.
-    shown = pd.concat([instances, rows[~rows["check_id"].isin(instances["check_id"])
-                                      & rows["division_id"].isna()]])
-    shown = shown.sort_values("check_id", kind="stable")
+    # A check's summary row (division null) speaks for it only when it has no instance rows.
+    summaries = rows[rows["division_id"].isna() & ~rows["check_id"].isin(instances["check_id"])]
+    shown = pd.concat([instances, summaries]).sort_values("check_id", kind="stable")
     described = [_describe(evaluation, contest_id, row) for row in shown.to_dict("records")]
     counts = ", ".join(
         f"{check} ({n} {'row' if n == 1 else 'rows'})"
