@@ -291,7 +291,12 @@ def seat_rows(
                 manifest.snapshot_id, manifest.election_id,
             )
         published = []
-    roots = divisions[divisions["parent_id"].isna()].set_index("contest_id")["division_id"]
+    # Only the root divisions matter: narrow the frames once, not once per contest.
+    roots = divisions.loc[divisions["parent_id"].isna(), ["contest_id", "division_id"]]
+    key = ["contest_id", "division_id"]
+    root_lines = dict(tuple(results.merge(roots, on=key).groupby("contest_id", sort=False)))
+    root_figures = dict(tuple(turnout.merge(roots, on=key).groupby("contest_id", sort=False)))
+    empty_lines, empty_figures = results.iloc[:0], turnout.iloc[:0]
     for contest_id in published:
         assert rules is not None
         try:
@@ -299,9 +304,8 @@ def seat_rows(
         except KeyError as error:
             log.warning("snapshot %s: %s; no seats for it", manifest.snapshot_id, error)
             continue
-        root = roots[contest_id]
-        lines = results[(results["contest_id"] == contest_id) & (results["division_id"] == root)]
-        figures = turnout[(turnout["contest_id"] == contest_id) & (turnout["division_id"] == root)]
+        lines = root_lines.get(contest_id, empty_lines).sort_values("line_no")
+        figures = root_figures.get(contest_id, empty_figures)
         try:
             seat_lines = allocate_contest(
                 [
