@@ -309,8 +309,10 @@ def test_hostile_strings_are_stored_verbatim(warehouse, tmp_path):
 
 def test_bad_snapshot_directories_are_refused_and_load_nothing(warehouse, tmp_path):
     migrate(warehouse)
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
     with pytest.raises(SnapshotError, match=r"snapshot\.json missing"):
-        load_snapshot(warehouse, tmp_path / "nothing-here")
+        load_snapshot(warehouse, interrupted)
     snapshot = small_snapshot("s1")
     directory = write(snapshot, tmp_path)
     other = snapshot.results.assign(snapshot_id="someone-else")

@@ -6,7 +6,6 @@ Everything here is pure (files in, frames out); `etl.warehouse.load` writes the 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ import pyarrow as pa
 
 from etl import schema
 from etl.elections import ElectionRules
+from etl.quality.gate import SnapshotDirError, read_snapshot_frames, read_snapshot_meta
 from etl.seats import SINGLE_MANDATE, ContestLine, allocate_contest
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,10 @@ class StagedSnapshot:
 
 def read_manifest(snapshot_dir: Path) -> SnapshotManifest:
     """Read and check `snapshot.json`."""
-    path = snapshot_dir / SNAPSHOT_META
-    if not path.is_file():
-        raise SnapshotError(f"{snapshot_dir} is not a complete snapshot: {SNAPSHOT_META} missing")
-    meta = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = read_snapshot_meta(snapshot_dir)
+    except SnapshotDirError as error:
+        raise SnapshotError(str(error)) from error
     try:
         updated = meta.get("portal_updated_at")
         manifest = SnapshotManifest(
@@ -127,7 +127,7 @@ def read_manifest(snapshot_dir: Path) -> SnapshotManifest:
             failures=tuple(meta.get("failures", ())),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise SnapshotError(f"{path}: {error!r}") from error
+        raise SnapshotError(f"{snapshot_dir / SNAPSHOT_META}: {error!r}") from error
     return manifest
 
 
@@ -138,27 +138,26 @@ def _aware(text: str, key: str) -> datetime:
     return moment
 
 
-def read_frame(path: Path, columns: Mapping[str, str]) -> pd.DataFrame:
-    """A parquet file with exactly `columns`, cast to their nullable dtypes."""
+def read_dq_results(path: Path) -> pd.DataFrame:
+    """The quality gate's `dq_results.parquet`, typed; without it nothing was audited."""
     if not path.is_file():
-        raise SnapshotError(f"{path} is missing")
+        raise SnapshotError(f"{path} is missing: run the quality gate (etl validate) first")
     frame = pd.read_parquet(path)
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in schema.DQ_RESULTS if c not in frame.columns]
     if missing:
         raise SnapshotError(f"{path} lacks columns {missing}")
-    extra = [c for c in frame.columns if c not in columns]
-    if extra:
-        log.warning("%s: ignoring columns the warehouse does not know: %s", path, extra)
-    return frame[list(columns)].astype(dict(columns))
+    return frame[list(schema.DQ_RESULTS)].astype(schema.DQ_RESULTS)
 
 
 def stage_snapshot(snapshot_dir: Path, rules: ElectionRules | None) -> StagedSnapshot:
     """Read a snapshot directory and prepare every table's rows; `rules` give the seats."""
     manifest = read_manifest(snapshot_dir)
-    divisions = read_frame(snapshot_dir / "divisions.parquet", schema.DIVISIONS)
-    turnout = read_frame(snapshot_dir / "turnout.parquet", schema.TURNOUT)
-    results = read_frame(snapshot_dir / "results.parquet", schema.RESULTS)
-    dq = read_frame(snapshot_dir / DQ_FILE, schema.DQ_RESULTS)
+    try:
+        frames = read_snapshot_frames(snapshot_dir)
+    except SnapshotDirError as error:
+        raise SnapshotError(str(error)) from error
+    divisions, turnout, results = frames["divisions"], frames["turnout"], frames["results"]
+    dq = read_dq_results(snapshot_dir / DQ_FILE)
     _check_identity(manifest, {"divisions": divisions, "turnout": turnout, "results": results})
     _check_identity(manifest, {"dq_results": dq}, election=False)
     for name, frame in (("divisions", divisions), ("turnout", turnout)):

@@ -8,8 +8,6 @@ so every division adds up; `counted` says which share of the precincts has repor
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,18 +57,17 @@ def write_snapshot_dir(
     results: pd.DataFrame,
     dq_results: pd.DataFrame,
 ) -> Path:
-    """Write frames and `snapshot.json` (last, like the normaliser) into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frames = {"divisions": divisions, "turnout": turnout, "results": results,
-              "dq_results": dq_results}
-    columns = {**schema.FRAMES, "dq_results": schema.DQ_RESULTS}
-    for name, frame in frames.items():
-        frame[list(columns[name])].astype(columns[name]).to_parquet(
-            out_dir / f"{name}.parquet", index=False
-        )
-    tmp = out_dir / ".snapshot.json.tmp"
-    tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, out_dir / "snapshot.json")
+    """Write frames, `dq_results.parquet` and `snapshot.json` into `out_dir`."""
+    from etl.normalise import SnapshotFrames, write_snapshot
+    from etl.quality.gate import DQ_RESULTS_FILE, write_dq_results
+
+    frames = SnapshotFrames(
+        divisions=divisions.astype(schema.DIVISIONS),
+        turnout=turnout.astype(schema.TURNOUT),
+        results=results.astype(schema.RESULTS),
+    )
+    write_snapshot(out_dir, frames, meta)
+    write_dq_results(dq_results.astype(schema.DQ_RESULTS), out_dir / DQ_RESULTS_FILE)
     return out_dir
 
 
