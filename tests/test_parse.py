@@ -254,6 +254,18 @@ def test_layout_table_does_not_hide_the_tables_inside_it() -> None:
     assert [c.segment for c in parsed.children] == ["7101"]
 
 
+def test_child_linked_twice_in_its_row_is_one_child() -> None:
+    html = page("spec_example_ru.html").replace(
+        b"<td>1 \xd0\xb8\xd0\xb7 1</td>",  # "1 из 1"
+        b'<td><a href="/ru/results/jk2021/list/7101/">1 \xd0\xb8\xd0\xb7 1</a></td>',
+    )
+    assert html.count(b"/list/7101/") == 2
+    parsed = parse_division(html, f"{BASE}/ru/results/jk2021/list/7/")
+
+    assert [c.segment for c in parsed.children] == ["7101"]
+    assert parsed.children[0].name == "УИК №7101"
+
+
 def test_page_without_results_table_is_not_an_error() -> None:
     parsed = parse_division(page("no_results_ru.html"), f"{BASE}/ru/results/jk2021/list/7101/")
 
