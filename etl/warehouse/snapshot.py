@@ -18,14 +18,18 @@ import pyarrow as pa
 
 from etl import schema
 from etl.elections import ElectionRules
-from etl.quality.gate import SnapshotDirError, read_snapshot_frames, read_snapshot_meta
+from etl.quality.gate import (
+    DQ_RESULTS_FILE,
+    SNAPSHOT_META_FILE,
+    SnapshotDirError,
+    read_snapshot_frames,
+    read_snapshot_meta,
+)
 from etl.seats import SINGLE_MANDATE, ContestLine, allocate_contest
 
 log = logging.getLogger(__name__)
 
 PUBLISHED, QUARANTINED, FAILED = "published", "quarantined", "failed"
-SNAPSHOT_META = "snapshot.json"
-DQ_FILE = "dq_results.parquet"
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
@@ -36,11 +40,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 # Columns of the warehouse tables, in load order: the frames' columns plus row numbers.
-RESULTS_TABLE: dict[str, str] = {
-    **{k: v for k, v in schema.RESULTS.items() if k != "choice_position"},
-    "line_no": "Int32",
-    "choice_position": "Int64",
-}
+RESULTS_TABLE: dict[str, str] = {**schema.RESULTS, "line_no": "Int32"}
 DQ_TABLE: dict[str, str] = {"row_no": "Int32", **schema.DQ_RESULTS}
 SEATS_TABLE: dict[str, str] = {
     "snapshot_id": "string",
@@ -127,7 +127,7 @@ def read_manifest(snapshot_dir: Path) -> SnapshotManifest:
             failures=tuple(meta.get("failures", ())),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise SnapshotError(f"{snapshot_dir / SNAPSHOT_META}: {error!r}") from error
+        raise SnapshotError(f"{snapshot_dir / SNAPSHOT_META_FILE}: {error!r}") from error
     return manifest
 
 
@@ -157,7 +157,7 @@ def stage_snapshot(snapshot_dir: Path, rules: ElectionRules | None) -> StagedSna
     except SnapshotDirError as error:
         raise SnapshotError(str(error)) from error
     divisions, turnout, results = frames["divisions"], frames["turnout"], frames["results"]
-    dq = read_dq_results(snapshot_dir / DQ_FILE)
+    dq = read_dq_results(snapshot_dir / DQ_RESULTS_FILE)
     _check_identity(manifest, {"divisions": divisions, "turnout": turnout, "results": results})
     _check_identity(manifest, {"dq_results": dq}, election=False)
     for name, frame in (("divisions", divisions), ("turnout", turnout)):
@@ -169,7 +169,7 @@ def stage_snapshot(snapshot_dir: Path, rules: ElectionRules | None) -> StagedSna
                 f"{keys.head(5).to_records(index=False).tolist()}"
             )
     if dq["success"].isna().any() or dq["check_id"].isna().any():
-        raise SnapshotError(f"{snapshot_dir / DQ_FILE}: success and check_id must not be null")
+        raise SnapshotError(f"{snapshot_dir / DQ_RESULTS_FILE}: success and check_id must not be null")
 
     # line_no: the row's place in its division's results table, as the page listed it.
     results["line_no"] = results.groupby(["contest_id", "division_id"], sort=False).cumcount()
