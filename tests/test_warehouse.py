@@ -29,6 +29,7 @@ from etl.warehouse import (
     load_snapshot,
     migrate,
     previous_published,
+    seat_allocation,
 )
 from etl.warehouse.backends import connect
 from etl.warehouse.synthetic import synthetic_snapshot
@@ -262,10 +263,11 @@ def test_seat_allocation_of_the_final_shares(warehouse, tmp_path):
                     " WHERE contest_id = 'okrug-1' ORDER BY line_no")
     assert [row[1] for row in okrug_1] == [0, 0, 0]
     assert {row[2] for row in okrug_1} == {"vacant: against all has most votes"}
-    okrug_2 = query(warehouse, "SELECT choice_position, seats, method FROM seat_allocation"
-                    " WHERE contest_id = 'okrug-2' ORDER BY line_no")
-    assert okrug_2 == [(1, 0, "single_mandate"), (2, 1, "single_mandate"),
-                       (None, 0, "single_mandate")]
+    okrug_2 = seat_allocation(warehouse, "jk2021", "okrug-2")
+    assert [(r["choice_position"], r["seats"], r["method"]) for r in okrug_2] == [
+        (1, 0, "single_mandate"), (2, 1, "single_mandate"), (None, 0, "single_mandate")]
+    assert {r["snapshot_id"] for r in okrug_2} == {"final"}
+    assert len(seat_allocation(warehouse, "jk2021")) == len(rows) + 3 * 3
 
 
 def test_previous_published_is_empty_before_anything_is_published(warehouse, tmp_path):

@@ -1,13 +1,20 @@
 """The warehouse: snapshots, their contest statuses and rows, quality results and seats.
 
-Public API: `load_snapshot`, `previous_published`, `migrate`, `LoadSummary`,
-`ContestStatus`. Tables and views are documented for data teams in README.md beside this.
+Public API: `load_snapshot`, `previous_published`, `seat_allocation`, `migrate`,
+`LoadSummary`, `ContestStatus`. Tables and views are documented for data teams in README.md beside this.
 """
 
 from __future__ import annotations
 
 from etl.warehouse.backends import WarehouseURLError
-from etl.warehouse.load import HOLD_ENV, LoadSummary, load_snapshot, migrate, previous_published
+from etl.warehouse.load import (
+    HOLD_ENV,
+    LoadSummary,
+    load_snapshot,
+    migrate,
+    previous_published,
+    seat_allocation,
+)
 from etl.warehouse.snapshot import (
     FAILED,
     PUBLISHED,
@@ -28,4 +35,5 @@ __all__ = [
     "load_snapshot",
     "migrate",
     "previous_published",
+    "seat_allocation",
 ]

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -238,3 +239,27 @@ def previous_published(
 def _typed(frame: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:
     typed = frame.reindex(columns=list(columns)).astype(dict(columns))
     return typed.reset_index(drop=True)
+
+
+SEAT_COLUMNS = (
+    "election_id", "contest_id", "snapshot_id", "line_no", "choice_position", "choice_name",
+    "is_against_all", "votes", "pct", "passed_threshold", "seats", "method", "note",
+)
+
+
+def seat_allocation(
+    warehouse_url: str, election_id: str, contest_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Rows of the `seat_allocation` view (latest published snapshot), in ballot order."""
+    where, params = "election_id = ?", [election_id]
+    if contest_id is not None:
+        where += " AND contest_id = ?"
+        params.append(contest_id)
+    with connect(warehouse_url) as db:
+        _migrate(db)
+        rows = db.query(
+            f"SELECT {', '.join(SEAT_COLUMNS)} FROM seat_allocation WHERE {where}"
+            " ORDER BY contest_id, line_no",
+            params,
+        )
+    return [dict(zip(SEAT_COLUMNS, row, strict=True)) for row in rows]
