@@ -37,7 +37,7 @@ def cmd_scrape(args: argparse.Namespace) -> int:
     """Scrape the portal into a snapshot directory and print a summary."""
     from etl.fetch import FetchError
     from etl.parse import PageParseError
-    from etl.scrape import scrape
+    from etl.scrape import UnknownContestError, scrape
 
     try:
         summary = scrape(
@@ -45,6 +45,9 @@ def cmd_scrape(args: argparse.Namespace) -> int:
             contests=args.contests, lang=args.lang, archive_root=args.raw_dir,
             concurrency=args.concurrency, processes=args.processes,
         )
+    except UnknownContestError as exc:
+        print(f"usage error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (FetchError, PageParseError) as exc:
         print(f"error: cannot read the election page: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ class RawArchive:
         self._lock = threading.Lock()
         self._seen: set[tuple[str, int, str]] = set()
         self._latest_ok: dict[str, ArchivedResponse] = {}
+        self._dirs: set[str] = set()
         self._load_index()
 
     def _load_index(self) -> None:
@@ -80,11 +80,13 @@ class RawArchive:
         kept = {k: v for k, v in ((k.lower(), v) for k, v in headers.items()) if k in KEPT_HEADERS}
         blob = self.blob_path(sha256)
         if not blob.exists():
-            blob.parent.mkdir(exist_ok=True)
+            if blob.parent.name not in self._dirs:
+                blob.parent.mkdir(exist_ok=True)
+                self._dirs.add(blob.parent.name)
             # Write then rename, so a killed process never leaves a truncated blob behind.
-            fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as out:
-                out.write(body)
+            # The temporary name is unique per process and thread: no mkstemp (slow here).
+            tmp = blob.parent / f".tmp-{os.getpid()}-{threading.get_ident()}"
+            tmp.write_bytes(body)
             os.replace(tmp, blob)
         with self._lock:
             key = (url, status, sha256)

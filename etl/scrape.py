@@ -145,10 +145,12 @@ def snapshot_meta(
         "pages_not_modified": sum(c.pages_not_modified for c in crawls)
         + election_page.not_modified,
         "pages_failed": len(failures),
-        "failures": [
-            {"url": f.url, "reason": f.reason, "status": f.status, "contest_id": crawl.contest_id}
-            for crawl in crawls for f in crawl.failures
-        ],
-        "pages": [{"url": p.url, "sha256": p.sha256, "status": p.status} for p in pages],
+        "failures": sorted(
+            ({"url": f.url, "reason": f.reason, "status": f.status, "contest_id": crawl.contest_id}
+             for crawl in crawls for f in crawl.failures),
+            key=lambda failure: str(failure["url"]),
+        ),
+        "pages": [{"url": p.url, "sha256": p.sha256, "status": p.status}
+                  for p in sorted(pages, key=lambda page: page.url)],
     }
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import lxml.html
 import pytest
 import requests
+from facts import FINAL_SHARES, PRELIMINARY_SHARES
 
 from etl.replica import Faults, ReplicaServer, load_scenario
 from etl.replica.kg2021 import build_kg2021
@@ -30,12 +31,6 @@ from etl.replica.render import PortalRenderer
 REPO = Path(__file__).resolve().parent.parent
 LIST = "/ru/results/jk2021/list/"
 
-FINAL_SHARES = {21: 17.32, 9: 13.61, 8: 11.00, 3: 8.35, 2: 7.04, 5: 6.17}
-PRELIMINARY_SHARES = {
-    1: 3.48, 2: 6.74, 3: 8.23, 4: 0.62, 5: 6.01, 6: 0.62, 7: 0.95, 8: 10.81, 9: 13.50,
-    10: 4.01, 11: 1.54, 12: 0.41, 13: 0.44, 14: 3.21, 15: 0.46, 16: 0.96, 17: 2.48,
-    18: 4.46, 19: 0.46, 20: 0.71, 21: 16.86,
-}  # fmt: skip
 PROTOCOL_LABELS = {
     "Число избирателей, внесенных в список избирателей": "registered",
     "Число избирателей, получивших бюллетени": "ballots_issued",

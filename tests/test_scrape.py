@@ -1,0 +1,310 @@
+"""The scraper against the real replica over loopback HTTP: totals, faults, archive, reprocess."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from facts import (
+    FINAL_SHARES,
+    PRECINCTS,
+    PRECINCTS_COUNTED_PRELIMINARY,
+    PRELIMINARY_AGAINST_ALL,
+    PRELIMINARY_PARTIES_SUM,
+    PRELIMINARY_SHARES,
+    REGISTERED,
+    TOOK_PART_FINAL,
+    TOOK_PART_PRELIMINARY,
+)
+
+from etl import schema
+from etl.fetch import FetchError
+from etl.normalise import read_frames, read_meta
+from etl.parse import PortalMaintenance
+from etl.replica import Faults, ReplicaServer, load_scenario
+from etl.scrape import UnknownContestError, rebuild_from_archive, scrape
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["okrug-1"]  # one contest keeps the fault tests quick
+SMALL_PAGES = len(load_scenario("kg2021").contests["okrug-1"].divisions)
+
+
+@pytest.fixture(scope="module")
+def replica() -> Iterator[ReplicaServer]:
+    with ReplicaServer(scenario="kg2021", at="final", port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def portal(replica: ReplicaServer) -> Iterator[ReplicaServer]:
+    """The module's replica, reset to the final snapshot with no faults after each test."""
+    yield replica
+    replica.clear_faults()
+    replica.goto("final")
+
+
+@pytest.fixture(scope="module")
+def final_scrape(replica: ReplicaServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("final")
+    replica.goto("final")
+    scrape(replica.base_url, "jk2021", base / "snapshot", archive_root=base / "raw")
+    return base
+
+
+def national(frames_dir: Path, contest: str = "list") -> tuple[pd.Series, pd.DataFrame]:
+    frames = read_frames(frames_dir)
+    root = frames.divisions[(frames.divisions.contest_id == contest)
+                            & frames.divisions.parent_id.isna()]
+    assert len(root) == 1
+    root_id = root.division_id.iloc[0]
+    turnout = frames.turnout[(frames.turnout.contest_id == contest)
+                             & (frames.turnout.division_id == root_id)].iloc[0]
+    results = frames.results[(frames.results.contest_id == contest)
+                             & (frames.results.division_id == root_id)]
+    return turnout, results
+
+
+def test_final_snapshot_national_totals_equal_facts(final_scrape: Path) -> None:
+    turnout, results = national(final_scrape / "snapshot")
+    assert turnout.registered == REGISTERED
+    assert turnout.ballots_cast == TOOK_PART_FINAL
+    assert turnout.precincts_total == PRECINCTS
+    parties = results[~results.is_against_all]
+    shares = dict(zip(parties.choice_position, parties.pct_published, strict=True))
+    for position, pct in FINAL_SHARES.items():
+        assert shares[position] == pytest.approx(pct, abs=0.02)
+    assert all(pct < 5 for pos, pct in shares.items() if pos not in FINAL_SHARES)
+    # pct_computed is ours: votes over everyone who took part, never the published figure.
+    computed = parties.votes / TOOK_PART_FINAL * 100
+    assert (parties.pct_computed - computed).abs().max() < 1e-9
+
+
+def test_final_snapshot_covers_every_division_of_the_scenario(final_scrape: Path) -> None:
+    scenario = load_scenario("kg2021")
+    frames = read_frames(final_scrape / "snapshot")
+    meta = read_meta(final_scrape / "snapshot")
+    expected = {c: len(contest.divisions) for c, contest in scenario.contests.items()}
+    assert frames.divisions.groupby("contest_id").size().to_dict() == expected
+    assert meta["pages_failed"] == 0 and meta["failures"] == []
+    assert sorted(meta["contests"]) == sorted(scenario.contests)
+    # Hierarchy from links: one root per contest, every other parent is a known division.
+    divisions = frames.divisions
+    assert divisions.parent_id.isna().sum() == len(expected)
+    keys = set(zip(divisions.contest_id, divisions.division_id, strict=True))
+    children = divisions[divisions.parent_id.notna()]
+    assert all((c, p) in keys for c, p in zip(children.contest_id, children.parent_id, strict=True))
+    # Precincts abroad are in the party list only.
+    assert len(divisions[divisions.contest_id == "list"]) > len(
+        divisions[divisions.contest_id == "okrug-1"])
+
+
+def test_frames_have_the_contract_columns_and_nullable_dtypes(final_scrape: Path) -> None:
+    frames = read_frames(final_scrape / "snapshot")
+    for name, columns in schema.FRAMES.items():
+        frame = getattr(frames, name)
+        assert list(frame.columns) == list(columns)
+        assert {c: str(t) for c, t in frame.dtypes.items()} == columns
+    against_all = frames.results[frames.results.is_against_all]
+    assert against_all.choice_position.isna().all()
+    assert frames.results[~frames.results.is_against_all].choice_position.notna().all()
+
+
+def test_preliminary_snapshot_equals_the_preliminary_table(portal: ReplicaServer,
+                                                           tmp_path: Path) -> None:
+    portal.goto("preliminary")
+    scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=["list"],
+           archive_root=tmp_path / "raw")
+    turnout, results = national(tmp_path / "snap")
+    assert turnout.precincts_counted == PRECINCTS_COUNTED_PRELIMINARY
+    assert turnout.ballots_cast == TOOK_PART_PRELIMINARY
+    parties = results[~results.is_against_all]
+    shares = dict(zip(parties.choice_position, parties.pct_published, strict=True))
+    assert shares.keys() == PRELIMINARY_SHARES.keys()
+    for position, pct in PRELIMINARY_SHARES.items():
+        assert shares[position] == pytest.approx(pct, abs=0.02)
+    assert float(parties.pct_published.sum()) == pytest.approx(PRELIMINARY_PARTIES_SUM, abs=0.05)
+    against = results[results.is_against_all].pct_published.iloc[0]
+    assert against == pytest.approx(PRELIMINARY_AGAINST_ALL, abs=0.02)
+
+
+def test_unchanged_portal_is_answered_304_and_stores_nothing_new(portal: ReplicaServer,
+                                                                  tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    first = scrape(portal.base_url, "jk2021", tmp_path / "a", contests=SMALL, archive_root=raw)
+    index_before = (raw / "index.jsonl").read_text()
+    blobs_before = sorted(p.name for p in (raw / "blobs").rglob("*") if p.is_file())
+    second = scrape(portal.base_url, "jk2021", tmp_path / "b", contests=SMALL, archive_root=raw)
+    assert second.meta["pages_fetched"] == 0
+    assert second.meta["pages_not_modified"] == first.meta["pages_fetched"] == SMALL_PAGES + 1
+    assert second.snapshot_id == first.snapshot_id
+    assert (raw / "index.jsonl").read_text() == index_before
+    assert sorted(p.name for p in (raw / "blobs").rglob("*") if p.is_file()) == blobs_before
+    pd.testing.assert_frame_equal(read_frames(tmp_path / "a").results,
+                                  read_frames(tmp_path / "b").results)
+
+
+def test_a_new_portal_state_gets_a_new_snapshot_id(portal: ReplicaServer, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    final = scrape(portal.base_url, "jk2021", tmp_path / "a", contests=SMALL, archive_root=raw)
+    portal.goto("annulment")
+    earlier = scrape(portal.base_url, "jk2021", tmp_path / "b", contests=SMALL, archive_root=raw)
+    assert earlier.snapshot_id != final.snapshot_id
+    assert earlier.meta["portal_updated_at"] < final.meta["portal_updated_at"]
+    assert earlier.meta["pages_fetched"] > 0
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_transient_errors_are_retried_logged_and_archived(
+        portal: ReplicaServer, tmp_path: Path, status: int, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEC_RETRIES", "3")
+    portal.set_faults(Faults(status=status, status_count=2, retry_after=0))
+    with caplog.at_level(logging.WARNING, logger="etl.fetch"):
+        summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
+                         archive_root=tmp_path / "raw", processes=1)
+    assert summary.meta["failures"] == []
+    assert summary.rows["divisions"] == SMALL_PAGES
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2 * summary.meta["pages_fetched"]  # two per page, election page too
+    assert all(f"HTTP {status}" in message for message in retries)
+    index = [json.loads(line) for line in (tmp_path / "raw" / "index.jsonl").open()]
+    assert {entry["status"] for entry in index} == {status, 200}
+
+
+def test_retry_after_is_honoured(portal: ReplicaServer, tmp_path: Path,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    portal.set_faults(Faults(status=429, status_count=1, retry_after=2, path_regex=r"/okrug-1/$"))
+    with caplog.at_level(logging.WARNING, logger="etl.fetch"):
+        summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
+                         archive_root=tmp_path / "raw", processes=1)
+    assert summary.meta["failures"] == []
+    waits = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(waits) == 1 and "in 2.00s" in waits[0] and "HTTP 429" in waits[0]
+
+
+def test_a_page_that_keeps_failing_is_recorded_and_the_rest_goes_on(
+        portal: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEC_RETRIES", "2")
+    precinct = sorted(load_scenario("kg2021").contests["okrug-1"].divisions)[-1]
+    portal.set_faults(Faults(status=500, path_regex=rf"/okrug-1/{precinct}/$"))
+    summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
+                     archive_root=tmp_path / "raw", processes=1)
+    assert summary.rows["divisions"] == SMALL_PAGES - 1
+    [failure] = summary.meta["failures"]
+    assert failure["url"].endswith(f"/okrug-1/{precinct}/")
+    assert failure["status"] == 500 and "HTTP 500 after 3 attempts" in failure["reason"]
+    assert failure["contest_id"] == "okrug-1"
+    # The error response itself is in the archive: nothing the portal sent is lost.
+    index = [json.loads(line) for line in (tmp_path / "raw" / "index.jsonl").open()]
+    assert any(e["url"] == failure["url"] and e["status"] == 500 for e in index)
+
+
+def test_a_hanging_portal_times_out_and_is_retried(
+        portal: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CEC_TIMEOUT", "0.5")
+    portal.set_faults(Faults(hang=3.0, hang_count=1, path_regex=r"/okrug-1/$"))
+    with caplog.at_level(logging.WARNING, logger="etl.fetch"):
+        summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
+                         archive_root=tmp_path / "raw", processes=1)
+    assert summary.meta["failures"] == [] and summary.rows["divisions"] == SMALL_PAGES
+    assert any("timeout after 0.5s" in r.getMessage() for r in caplog.records)
+
+
+def test_a_truncated_body_is_retried_and_never_archived(
+        portal: ReplicaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    portal.set_faults(Faults(truncate=True, truncate_count=1))
+    with caplog.at_level(logging.WARNING, logger="etl.fetch"):
+        summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
+                         archive_root=tmp_path / "raw", processes=1)
+    assert summary.meta["failures"] == [] and summary.rows["divisions"] == SMALL_PAGES
+    truncated = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(truncated) == SMALL_PAGES + 1  # every page and the election page, once each
+    # Every archived body is a whole page (the replica's full bodies end with </html>).
+    blobs = [p for p in (tmp_path / "raw" / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == SMALL_PAGES + 1
+    assert all(p.read_bytes().rstrip().endswith(b"</html>") for p in blobs)
+
+
+def test_latency_is_absorbed_by_concurrency(portal: ReplicaServer, tmp_path: Path) -> None:
+    portal.set_faults(Faults(latency=0.05))
+    summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
+                     archive_root=tmp_path / "raw", concurrency=16, processes=1)
+    assert summary.meta["failures"] == [] and summary.rows["divisions"] == SMALL_PAGES
+
+
+def test_maintenance_page_is_a_clear_error_and_is_archived(portal: ReplicaServer,
+                                                           tmp_path: Path) -> None:
+    portal.goto("withdrawn-maintenance")
+    with pytest.raises(PortalMaintenance) as error:
+        scrape(portal.base_url, "jk2021", tmp_path / "snap", archive_root=tmp_path / "raw")
+    assert "/ru/results/jk2021/" in str(error.value)
+    assert not (tmp_path / "snap" / "snapshot.json").exists()
+    [entry] = [json.loads(line) for line in (tmp_path / "raw" / "index.jsonl").open()]
+    assert entry["status"] == 200 and entry["url"].endswith("/ru/results/jk2021/")
+
+
+def test_withdrawn_portal_with_a_long_retry_after_fails_fast(portal: ReplicaServer,
+                                                             tmp_path: Path) -> None:
+    portal.goto("withdrawn-503")
+    with pytest.raises(FetchError) as error:
+        scrape(portal.base_url, "jk2021", tmp_path / "snap", archive_root=tmp_path / "raw")
+    assert error.value.status == 503
+    assert "Retry-After 60s" in error.value.reason
+
+
+def test_unknown_contest_is_a_usage_error(portal: ReplicaServer, tmp_path: Path) -> None:
+    with pytest.raises(UnknownContestError, match="okrug-99"):
+        scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=["okrug-99"],
+               archive_root=tmp_path / "raw")
+
+
+def test_rebuild_from_archive_reproduces_the_snapshot_without_the_portal(
+        final_scrape: Path, tmp_path: Path) -> None:
+    # A closed port stands in for the portal: the rebuild must not need it.
+    rebuilt = rebuild_from_archive(final_scrape / "snapshot", tmp_path / "rebuilt",
+                                   archive_root=final_scrape / "raw")
+    original = read_meta(final_scrape / "snapshot")
+    assert rebuilt.snapshot_id == original["snapshot_id"]
+    before, after = read_frames(final_scrape / "snapshot"), read_frames(tmp_path / "rebuilt")
+    for name in schema.FRAMES:
+        key = ["contest_id", "division_id"]
+        pd.testing.assert_frame_equal(
+            getattr(before, name).sort_values(key, kind="stable").reset_index(drop=True),
+            getattr(after, name).sort_values(key, kind="stable").reset_index(drop=True))
+
+
+def test_cli_scrape_writes_the_snapshot_and_prints_a_summary(portal: ReplicaServer,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "snap"
+    result = subprocess.run(
+        [sys.executable, "-m", "etl", "scrape", "--portal", portal.base_url, "--election",
+         "jk2021", "--contest", "okrug-1", "--contest", "okrug-2", "--out", str(out),
+         "--raw-dir", str(tmp_path / "raw")],
+        capture_output=True, text=True, cwd=REPO, check=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "divisions.parquet", "results.parquet", "snapshot.json", "turnout.parquet"]
+    pages = sum(len(load_scenario("kg2021").contests[c].divisions) for c in ("okrug-1", "okrug-2"))
+    assert "0 failed" in result.stdout and f"divisions {pages}" in result.stdout
+
+
+def test_cli_scrape_exit_codes(portal: ReplicaServer, tmp_path: Path) -> None:
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "etl", "scrape", "--portal", portal.base_url,
+             "--out", str(tmp_path / "snap"), "--raw-dir", str(tmp_path / "raw"), *extra],
+            capture_output=True, text=True, cwd=REPO, check=False)
+
+    assert run().returncode == 2  # --election missing: usage error
+    assert run("--election", "jk2021", "--contest", "okrug-99").returncode == 2
+    portal.goto("withdrawn-maintenance")
+    withdrawn = run("--election", "jk2021")
+    assert withdrawn.returncode == 1
+    assert "maintenance" in withdrawn.stderr.lower() or "notice" in withdrawn.stderr.lower()
