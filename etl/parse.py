@@ -74,11 +74,13 @@ class PageParseError(Exception):
 
 
 class PortalMaintenance(PageParseError):
-    """A 200 page with a notice instead of results (no division heading, no tables)."""
+    """A 200 page with a notice instead of the content its URL should show."""
 
-    def __init__(self, url: str, notice: str) -> None:
+    def __init__(
+        self, url: str, notice: str, what: str = "division heading and tables"
+    ) -> None:
         self.notice = notice
-        super().__init__(url, "division heading and tables (maintenance notice page)", notice)
+        super().__init__(url, f"{what}: a maintenance or notice page", notice)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -301,20 +303,15 @@ def parse_election_list(html: bytes, url: str) -> ElectionListPage:
             continue
         seen.add(segment)
         elections.append(Link(segment=segment, name=_text(anchor).strip(), href=href))
+    if not elections:
+        # Nothing to crawl: during maintenance the portal serves a notice on every URL.
+        raise PortalMaintenance(url, _notice_text(html), "election links (a.election)")
     return ElectionListPage(elections=tuple(elections))
 
 
 def parse_election(html: bytes, url: str) -> ElectionPage:
     """Parse `/{lang}/results/{election_id}/`: its name, date and `a.contest` links."""
     soup = _soup(html, _LINK_STRAINER)
-    heading = soup.find("h1")
-    title = soup.find("title")
-    if isinstance(heading, Tag):
-        name = " ".join(_text(heading).split())
-    elif isinstance(title, Tag):
-        name = " ".join(_text(title).split())
-    else:
-        raise PageParseError(url, "election name (<h1>)")
     date: str | None = None
     # The page may also carry the portal's `updated` time, which is not the election date.
     times = [t for t in soup.find_all("time") if "updated" not in _classes(t)]
@@ -334,6 +331,17 @@ def parse_election(html: bytes, url: str) -> ElectionPage:
             continue
         seen.add(segment)
         contests.append(Link(segment=segment, name=_text(anchor).strip(), href=href))
+    if not contests:
+        # An election page without contests is what a maintenance notice looks like.
+        raise PortalMaintenance(url, _notice_text(html), "contest links (a.contest)")
+    heading = soup.find("h1")
+    title = soup.find("title")
+    if isinstance(heading, Tag):
+        name = " ".join(_text(heading).split())
+    elif isinstance(title, Tag):
+        name = " ".join(_text(title).split())
+    else:
+        raise PageParseError(url, "election name (<h1> or <title>)")
     return ElectionPage(name=name, date=date, contests=tuple(contests))
 
 
@@ -555,12 +563,14 @@ def parse_division(html: bytes, url: str) -> DivisionPage:
     headings = [e for e in candidates if e.name == "h1"]
     times = [e for e in candidates if e.name == "time"]
     tables = [e for e in candidates if e.name == "table"]
-    heading = next((h for h in headings if h.has_attr("data-division-id")), None) or next(
-        iter(headings), None
-    )
     time_tag = next((t for t in times if "updated" in _classes(t)), None) or next(
         iter(times), None
     )
+    # A division heading declares its id; a bare <h1> counts only next to an updated time,
+    # since a maintenance notice may well have a heading of its own.
+    heading = next((h for h in headings if h.has_attr("data-division-id")), None)
+    if heading is None and time_tag is not None and headings:
+        heading = headings[0]
     # A layout table wrapping the content must not hide the tables inside it.
     outer: set[int] = set()
     for table in tables:

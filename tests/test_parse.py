@@ -289,6 +289,24 @@ def test_maintenance_page_raises_portal_maintenance_naming_the_url() -> None:
     assert "Ведутся технические работы" in str(error)
 
 
+def test_maintenance_page_with_its_own_heading_is_still_maintenance() -> None:
+    html = page("maintenance_ru.html").replace(
+        b"<body>", "<body><h1>Технические работы</h1>".encode()
+    )
+    with pytest.raises(PortalMaintenance, match="Ведутся технические работы"):
+        parse_division(html, f"{BASE}/ru/results/jk2021/list/")
+
+
+@pytest.mark.parametrize("parse", [parse_election, parse_election_list])
+def test_maintenance_notice_instead_of_election_pages(parse) -> None:
+    url = f"{BASE}/ru/results/jk2021/"
+    with pytest.raises(PortalMaintenance) as excinfo:
+        parse(page("maintenance_ru.html"), url)
+    assert excinfo.value.url == url
+    assert url in str(excinfo.value)
+    assert "Ведутся технические работы" in excinfo.value.notice
+
+
 def test_unreadable_results_header_names_url_and_missing_column() -> None:
     url = f"{BASE}/ru/results/jk2021/list/7/"
     with pytest.raises(PageParseError) as excinfo:
@@ -486,11 +504,19 @@ def test_replica_duplicate_candidate_is_returned_twice(replica) -> None:
     assert len(parsed.lines) == len(scenario.contests[duplicate.contest_id].choices) + 2
 
 
-def test_replica_maintenance_page_raises(replica) -> None:
+@pytest.mark.parametrize(
+    ("path", "parse"),
+    [
+        ("/ru/results/jk2021/list/", parse_division),
+        ("/kg/results/jk2021/list/7/", parse_division),
+        ("/ru/results/jk2021/", parse_election),
+        ("/ru/results/", parse_election_list),
+    ],
+)
+def test_replica_maintenance_pages_raise(replica, path, parse) -> None:
     scenario, renderer = replica
     index = scenario.index_of("withdrawn-maintenance")
-    path = f"/ru/results/{scenario.election_id}/list/"
 
     with pytest.raises(PortalMaintenance) as excinfo:
-        parse_division(_render(renderer, index, path), BASE + path)
+        parse(_render(renderer, index, path), BASE + path)
     assert excinfo.value.url == BASE + path
