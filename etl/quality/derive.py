@@ -38,16 +38,14 @@ _LINE_COLUMNS = ["contest_id", "line_key", "choice_position", "choice_name", "is
 
 @dataclass(frozen=True)
 class PreviousSnapshot:
-    """The previous published snapshot's turnout and results, for W2, W3 and W4."""
+    """The previous published snapshot's turnout and results, for W2, W3 and W4.
+
+    From the warehouse it may mix snapshots (each contest's latest published one), so
+    every comparison takes the snapshot id from the previous row it compares with.
+    """
 
     turnout: pd.DataFrame
     results: pd.DataFrame
-
-    @property
-    def snapshot_id(self) -> str | None:
-        """Its snapshot id, when its frames carry one."""
-        ids = self.turnout["snapshot_id"].dropna().unique()
-        return str(ids[0]) if len(ids) else None
 
 
 def name_key(names: pd.Series) -> pd.Series:
@@ -285,15 +283,22 @@ def revisions(
     """
     previous_keyed = with_line_keys(previous.results)
     current = turnout[[*DIVISION_KEY, *CUMULATIVE_FIGURES]].drop_duplicates(DIVISION_KEY)
-    before = previous.turnout[[*DIVISION_KEY, *CUMULATIVE_FIGURES]].drop_duplicates(DIVISION_KEY)
+    before = previous.turnout[
+        [*DIVISION_KEY, "snapshot_id", *CUMULATIVE_FIGURES]
+    ].drop_duplicates(DIVISION_KEY).rename(columns={"snapshot_id": "previous_snapshot_id"})
     figures = current.melt(id_vars=DIVISION_KEY, var_name="figure", value_name="current").merge(
-        before.melt(id_vars=DIVISION_KEY, var_name="figure", value_name="previous"),
+        before.melt(
+            id_vars=[*DIVISION_KEY, "previous_snapshot_id"], var_name="figure",
+            value_name="previous",
+        ),
         on=[*DIVISION_KEY, "figure"],
     )
 
     before_votes = previous_keyed[
-        [*LINE_KEY, "choice_position", "choice_name", "is_against_all", "votes"]
-    ].drop_duplicates(LINE_KEY).rename(columns={"votes": "previous"})
+        [*LINE_KEY, "snapshot_id", "choice_position", "choice_name", "is_against_all", "votes"]
+    ].drop_duplicates(LINE_KEY).rename(
+        columns={"votes": "previous", "snapshot_id": "previous_snapshot_id"}
+    )
     now_votes = keyed[[*LINE_KEY, "votes"]].drop_duplicates(LINE_KEY)
     votes = before_votes.merge(now_votes, on=LINE_KEY, how="left").rename(
         columns={"votes": "current"}
@@ -312,7 +317,6 @@ def revisions(
         ignore_index=True,
     )
     frame = frame[frame["current"].notna() & frame["previous"].notna()]
-    frame = frame.assign(previous_snapshot_id=previous.snapshot_id)
     return _typed_long(
         frame,
         {
@@ -381,7 +385,6 @@ def swings(
     ).round(4)
     few_added = (frame["precincts_added_pp"] < min_progress_pp).fillna(True)
     frame = frame[few_added & frame["share_change_pp"].notna()].drop(columns=["line_key"])
-    frame = frame.assign(previous_snapshot_id=previous.snapshot_id)
     return frame.reset_index(drop=True)
 
 
@@ -478,13 +481,15 @@ def coverage(
             )
 
     if previous is not None:
-        before = previous.turnout[DIVISION_KEY].drop_duplicates()
-        gone = before[~before.set_index(DIVISION_KEY).index.isin(listed.set_index(DIVISION_KEY).index)]
+        before = previous.turnout[[*DIVISION_KEY, "snapshot_id"]].drop_duplicates(DIVISION_KEY)
+        gone = before[
+            ~before.set_index(DIVISION_KEY).index.isin(listed.set_index(DIVISION_KEY).index)
+        ]
         gone = gone[gone["contest_id"].isin(list(present_contests))]
         if len(gone):
             parts.append(
-                gone.assign(
-                    coverage_state="disappeared", detail=previous.snapshot_id, status=pd.NA
+                gone.rename(columns={"snapshot_id": "detail"}).assign(
+                    coverage_state="disappeared", status=pd.NA
                 )
             )
 

@@ -189,15 +189,21 @@ def validate_snapshot(
     previous_dir: Path | None = None,
     report_dir: Path | None = None,
     *,
+    previous: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     quality_config: QualityConfig | None = None,
 ) -> ValidationOutcome:
-    """Validate a scrape output directory; write `dq_results.parquet` there and a report."""
+    """Validate a scrape output directory; write `dq_results.parquet` there and a report.
+
+    The previous published snapshot is a directory (`previous_dir`) or, from the
+    warehouse, its (turnout, results) frames (`previous`); not both.
+    """
     from etl.quality.report import write_report
 
+    if previous_dir is not None and previous is not None:
+        raise ValueError("give the previous snapshot as a directory or as frames, not both")
     snapshot_dir = Path(snapshot_dir)
     meta = read_snapshot_meta(snapshot_dir)
     frames = read_snapshot_frames(snapshot_dir)
-    previous = None
     if previous_dir is not None:
         previous_frames = read_snapshot_frames(Path(previous_dir))
         previous = (previous_frames["turnout"], previous_frames["results"])

@@ -93,6 +93,10 @@ class SuiteRunner:
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self.specs = read_suite_specs(expectations_dir)
+        gx_log = logging.getLogger("great_expectations")
+        if gx_log.level == logging.NOTSET:
+            # GX logs every temporary docs directory it creates at INFO: noise in our logs.
+            gx_log.setLevel(logging.WARNING)
         self._context = gx.get_context(mode="ephemeral")
         # Progress bars would write to stderr on every validation.
         self._context.variables.progress_bars = ProgressBarsConfig(globally=False)

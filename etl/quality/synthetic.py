@@ -291,9 +291,13 @@ def corrupt(
             where = int(results.at[line, "choice_position"])
         results.loc[line, "pct_published"] = results.at[line, "pct_published"] * 2 + 0.02
     elif kind == "inflate_sum":
-        results.loc[in_division, "pct_published"] = (
-            results.loc[in_division, "pct_published"] * 1.6 + 1
-        ).round(2)
+        # Scale the division's percentages to sum to 130-160% (the 2021 incident's range),
+        # whatever the invalid share; spread evenly when every line has 0%.
+        published = results.loc[in_division, "pct_published"].astype(float)
+        target = float(rng.uniform(130, 160))
+        total = float(published.sum())
+        scaled = published * (target / total) if total > 0 else target / len(published)
+        results.loc[in_division, "pct_published"] = pd.Series(scaled, index=published.index).round(2)
         where = None
     elif kind == "drop_row":
         results = results.drop(index=line)

@@ -1,0 +1,122 @@
+"""The quality gate on snapshots scraped from the portal replica's kg2021 timeline.
+
+Each incident of 28 November – 15 December 2021 is served by the replica over real HTTP,
+scraped by `etl.scrape` into a snapshot directory and validated like in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from etl.quality import ValidationOutcome, validate_snapshot
+from etl.replica.kg2021 import AGAINST_ALL_WINS, LEADING_POSITIONS
+from etl.replica.server import ReplicaServer
+from etl.scrape import scrape
+
+
+@pytest.fixture(scope="module")
+def replica() -> Iterator[ReplicaServer]:
+    with ReplicaServer("kg2021", at="final") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def timeline(replica: ReplicaServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Scrape the incident snapshots (the party list, plus the okrugs each story needs)."""
+    root = tmp_path_factory.mktemp("kg2021")
+    duplicate = replica.scenario.snapshots[replica.scenario.index_of("duplicate-candidate")]
+    assert duplicate.duplicate is not None
+    okrugs = sorted({duplicate.duplicate.contest_id, *AGAINST_ALL_WINS})
+    plan = {
+        "formula-error": ["list"],
+        "preliminary": ["list", *sorted(AGAINST_ALL_WINS)],
+        "recount-4": ["list"],
+        "annulment": ["list"],
+        "duplicate-candidate": okrugs,
+        "final": None,  # every contest
+    }
+    dirs = {}
+    for label, contests in plan.items():
+        replica.goto(label)
+        summary = scrape(replica.base_url, "jk2021", root / label, contests=contests,
+                         archive_root=root / "raw")
+        assert summary.meta["pages_failed"] == 0
+        dirs[label] = root / label
+    return dirs
+
+
+def validated(dirs: dict[str, Path], label: str, previous: str | None, reports: Path) -> ValidationOutcome:
+    return validate_snapshot(dirs[label], dirs[previous] if previous else None, reports)
+
+
+def failures(outcome: ValidationOutcome, check_id: str | None = None) -> pd.DataFrame:
+    dq = outcome.dq_results
+    rows = dq[dq["division_id"].notna()]
+    return rows if check_id is None else rows[rows["check_id"] == check_id]
+
+
+def test_formula_error_is_quarantined_naming_the_doubled_lines(
+    timeline: dict[str, Path], tmp_path: Path
+) -> None:
+    outcome = validated(timeline, "formula-error", None, tmp_path)
+    assert outcome.critical_contests == frozenset({"list"})
+    root_sum = failures(outcome, "C1").set_index("division_id").loc["0"]
+    assert root_sum["message"].startswith("Кыргызская Республика (0), list: published percentages")
+    assert 140 < float(root_sum["observed"]) < 160
+    at_root = failures(outcome, "C4")
+    at_root = at_root[at_root["division_id"] == "0"]
+    assert set(at_root["choice_position"]) == set(LEADING_POSITIONS)
+    assert at_root["message"].str.contains("2.00× the formula").all()
+    # votes were right: no identity, coverage or reconciliation problem
+    assert set(failures(outcome)["check_id"]) == {"C1", "C4"}
+
+
+def test_preliminary_86_96_and_against_all_wins_raise_nothing(
+    timeline: dict[str, Path], tmp_path: Path
+) -> None:
+    results = pd.read_parquet(timeline["preliminary"] / "results.parquet")
+    root = results[(results["contest_id"] == "list") & (results["division_id"] == "0")]
+    parties = root.loc[~root["is_against_all"].astype(bool), "pct_published"].sum()
+    assert round(float(parties), 2) == 86.96
+    outcome = validated(timeline, "preliminary", "formula-error", tmp_path)
+    assert outcome.critical_contests == frozenset()
+    assert failures(outcome).empty, failures(outcome)["message"].head().tolist()
+
+
+def test_annulment_warns_of_revisions_and_is_published(
+    timeline: dict[str, Path], tmp_path: Path
+) -> None:
+    outcome = validated(timeline, "annulment", "recount-4", tmp_path)
+    assert outcome.critical_contests == frozenset()
+    revisions = failures(outcome, "W2")
+    assert set(failures(outcome)["check_id"]) == {"W2"}
+    national = revisions[(revisions["division_id"] == "0") & revisions["choice_position"].isna()]
+    assert national["message"].str.contains("went down from").any()
+    # the annulled precincts themselves show nothing counted now
+    counted = revisions[revisions["message"].str.contains("protocols counted went down from 1 to 0")]
+    assert len(counted) == 20
+
+
+def test_duplicate_candidate_is_quarantined_naming_the_line(
+    timeline: dict[str, Path], replica: ReplicaServer, tmp_path: Path
+) -> None:
+    duplicate = replica.scenario.snapshots[replica.scenario.index_of("duplicate-candidate")].duplicate
+    assert duplicate is not None
+    outcome = validated(timeline, "duplicate-candidate", "annulment", tmp_path)
+    assert outcome.critical_contests == frozenset({duplicate.contest_id})
+    rows = failures(outcome, "C6")
+    assert set(zip(rows["contest_id"], rows["division_id"], rows["choice_position"], strict=True)) == {
+        (duplicate.contest_id, duplicate.division_id, duplicate.position)
+    }
+    assert len(rows) == 2
+
+
+def test_final_snapshot_raises_nothing(timeline: dict[str, Path], tmp_path: Path) -> None:
+    outcome = validated(timeline, "final", "duplicate-candidate", tmp_path)
+    assert outcome.critical_contests == frozenset()
+    assert failures(outcome).empty, failures(outcome)["message"].head().tolist()
+    assert outcome.dq_results["contest_id"].nunique() == 37
