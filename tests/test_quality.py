@@ -647,3 +647,21 @@ def test_validate_snapshot_writes_results_and_report(tmp_path: Path, isolated_da
     written = pd.read_parquet(snapshot_dir / "dq_results.parquet")
     assert len(written) == len(outcome.dq_results)
     assert json.loads((snapshot_dir / "snapshot.json").read_text())["snapshot_id"] == SNAPSHOT
+
+
+@PROPERTY_SETTINGS
+@given(options=elections, where=st.integers(0, 10_000), drop=st.integers(1, 500))
+def test_any_figure_that_went_down_is_named_by_w2(options: dict, where: int, drop: int) -> None:
+    snap = make_consistent_election(**{**options, "counted_fraction": 1.0})
+    before = make_consistent_election(**{**options, "counted_fraction": 1.0, "snapshot_id": "before"})
+    results = before.results.copy()
+    row = where % len(results)
+    results.loc[row, "votes"] = results.at[row, "votes"] + drop  # it had more before
+    dq = check(snap, previous=with_frames(before, results=results))
+    named = failures(dq, "W2")
+    place = results.loc[row]
+    hit = named[(named["contest_id"] == place["contest_id"])
+                & (named["division_id"] == place["division_id"])]
+    assert len(hit) == 1
+    assert hit.iloc[0]["observed"] == str(place["votes"] - drop)
+    assert failures(dq).query("severity == 'critical'").empty

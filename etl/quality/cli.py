@@ -67,13 +67,15 @@ def main_validate(argv: list[str]) -> int:
         print(f"{row.severity.upper():8} {row.check_id}  {row.message}")
     if len(failures) > MAX_PRINTED:
         print(f"… {len(failures) - MAX_PRINTED} more failures in the report")
-    summaries = dq[dq["division_id"].isna() & ~dq["success"].astype(bool)]
+    summaries = dq[dq["division_id"].isna()]
+    n_failed_pairs = int((~summaries["success"].astype(bool)).sum())
     n_critical = int((failures["severity"] == "critical").sum())
     n_warning = int((failures["severity"] == "warning").sum())
     print(
         f"snapshot {dq['snapshot_id'].iloc[0] if len(dq) else '?'}: {n_critical} critical and "
-        f"{n_warning} warning failures in {len(summaries)} (check, contest) pairs; "
-        f"written {args.snapshot_dir / 'dq_results.parquet'} and {outcome.report_path}"
+        f"{n_warning} warning failures; {n_failed_pairs} of {len(summaries)} (check, contest) "
+        f"pairs failed; written {args.snapshot_dir / 'dq_results.parquet'} and "
+        f"{outcome.report_path}"
     )
     if outcome.critical_contests:
         print(f"quarantined contests: {', '.join(sorted(outcome.critical_contests))}")

