@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from etl import config
@@ -82,6 +83,57 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """One full cycle: detect, scrape, normalise, validate, publish, alert."""
+    from etl import cycle
+
+    portal = args.portal or config.portal_url()
+    warehouse = args.warehouse or config.warehouse_url()
+    detection = cycle.detect_change(portal, args.election, contests=args.contests,
+                                    lang=args.lang, archive_root=args.raw_dir)
+    if detection.status != cycle.CHANGED:
+        sent = cycle.alert_stage(detection.to_dict(), None)
+        if detection.status == cycle.UNAVAILABLE:
+            print(f"error: portal unavailable: {detection.reason}", file=sys.stderr)
+            _print_alerts(sent)
+            return EXIT_ERROR
+        print("portal unchanged since the last completed cycle: nothing to do")
+        return EXIT_OK
+    started = time.perf_counter()
+    batch = cycle.crawl_batch(
+        portal, args.election, detection.contests,
+        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.pickle",
+        lang=args.lang, processes=args.processes, concurrency=args.concurrency,
+        archive_root=args.raw_dir)
+    snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
+                                           lang=args.lang, archive_root=args.raw_dir)
+    cycle.validate_stage(snapshot_dir, warehouse)
+    published = cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
+    sent = cycle.alert_stage(detection.to_dict(), published)
+    statuses = {c: s["status"] for c, s in published["statuses"].items()}
+    print(f"snapshot {published['snapshot_id']} (portal updated {published['portal_updated_at']})"
+          f" -> {warehouse}" + ("" if published["is_new"] else " (already loaded)"))
+    for status in ("published", "quarantined", "failed"):
+        contests = sorted(c for c, s in statuses.items() if s == status)
+        if contests:
+            print(f"  {status}: {len(contests)} contests: {', '.join(contests)}")
+    for contest, state in sorted(published["statuses"].items()):
+        if state["reason"]:
+            print(f"  {contest}: {state['reason']}")
+    _print_alerts(sent)
+    print(f"{time.perf_counter() - started:.2f}s after change detection")
+    if "quarantined" in statuses.values():
+        return EXIT_QUARANTINED
+    if "failed" in statuses.values():
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _print_alerts(sent: list[dict[str, object]]) -> None:
+    for alert in sent:
+        print(f"  alert [{alert['severity']}] {alert['title']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m etl`."""
     parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__,
@@ -93,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_portal_args(scrape)
     scrape.add_argument("--out", type=Path, required=True, help="snapshot directory to write")
     scrape.set_defaults(func=cmd_scrape)
+
+    run = sub.add_parser("run", help="one full cycle: scrape, validate, load, alert")
+    _add_portal_args(run)
+    run.add_argument("--warehouse", default=None,
+                     help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
+    run.set_defaults(func=cmd_run)
 
     reprocess = sub.add_parser("reprocess", help="rebuild a snapshot from the raw archive")
     reprocess.add_argument("snapshot_dir", type=Path, help="a snapshot directory written before")

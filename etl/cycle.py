@@ -22,7 +22,7 @@ from etl import config
 from etl.archive import RawArchive
 from etl.crawl import ContestCrawl, SourceSpec, contest_path, crawl_contests, election_path
 from etl.fetch import FetchedPage, FetchError, PortalClient, utc_now
-from etl.normalise import build_frames, write_snapshot
+from etl.normalise import build_frames, read_meta, write_snapshot
 from etl.parse import PageParseError, parse_election
 from etl.scrape import snapshot_meta
 
@@ -119,9 +119,11 @@ def run_dir(election_id: str, run_key: str) -> Path:
 def crawl_batch(
     portal: str, election_id: str, contests: Sequence[str], out_path: Path, *,
     lang: str | None = None, processes: int | None = None, concurrency: int | None = None,
+    archive_root: Path | None = None,
 ) -> Path:
     """Crawl a batch of contests and stage the parsed pages (a pickle for the next task)."""
-    spec = SourceSpec(portal, config.raw_dir(), pool_size=concurrency or config.concurrency())
+    spec = SourceSpec(portal, archive_root or config.raw_dir(),
+                      pool_size=concurrency or config.concurrency())
     crawls = crawl_contests(spec, lang or config.portal_lang(), election_id, contests,
                             concurrency=concurrency or config.concurrency(),
                             processes=processes or config.crawl_processes())
@@ -136,7 +138,7 @@ def crawl_batch(
 
 def assemble_snapshot(
     portal: str, election_id: str, batch_paths: Sequence[Path], fetched_at: str, *,
-    lang: str | None = None,
+    lang: str | None = None, archive_root: Path | None = None,
 ) -> Path:
     """Normalise staged batches into the snapshot directory `staging/<election>/<snapshot_id>`.
 
@@ -149,7 +151,7 @@ def assemble_snapshot(
             crawls.extend(pickle.load(staged))  # our own staging file, written by crawl_batch
     # The election page was fetched (and archived) by detect_change: this stage reads the
     # archive only, so it can be re-run without the portal.
-    archive = RawArchive(config.raw_dir())
+    archive = RawArchive(archive_root or config.raw_dir())
     election_url = portal.rstrip("/") + election_path(lang, election_id)
     latest = archive.latest(election_url)
     if latest is None:
@@ -169,3 +171,129 @@ def assemble_snapshot(
         shutil.rmtree(incoming, ignore_errors=True)
     return target
 
+
+
+def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:
+    """Run the quality gate against the previous published snapshot in the warehouse.
+
+    Writes `dq_results.parquet` into the snapshot directory and the HTML report.
+    """
+    from etl.quality import validate_snapshot
+    from etl.warehouse import previous_published
+
+    meta = read_meta(snapshot_dir)
+    previous = previous_published(warehouse_url, meta["election_id"], meta["contests"])
+    outcome = validate_snapshot(snapshot_dir, previous=previous if len(previous[0]) else None)
+    log.info("snapshot %s validated: %d critical contests %s, report %s", meta["snapshot_id"],
+             len(outcome.critical_contests), sorted(outcome.critical_contests),
+             outcome.report_path)
+    return snapshot_dir
+
+
+def publish_stage(snapshot_dir: Path, warehouse_url: str, fingerprint: str | None) -> dict[str, Any]:
+    """Load the validated snapshot (write-audit-publish) and remember the cycle as done."""
+    from etl.warehouse import load_snapshot
+
+    summary = load_snapshot(warehouse_url, snapshot_dir)
+    meta = read_meta(snapshot_dir)
+    mark_completed(meta["election_id"], fingerprint, summary.snapshot_id)
+    return {
+        "snapshot_id": summary.snapshot_id,
+        "election_id": summary.election_id,
+        "portal_updated_at": meta["portal_updated_at"],
+        "snapshot_dir": str(snapshot_dir),
+        "is_new": summary.is_new,
+        "statuses": {c.contest_id: {"status": c.status, "reason": c.reason}
+                     for c in summary.contests},
+    }
+
+
+def alert_stage(detection: dict[str, Any], published: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Send the alerts this cycle calls for, once each; log the cycle to `cycles.jsonl`."""
+    import pandas as pd
+
+    from etl.alerts import alert_on_failed_run, alert_on_snapshot, alert_on_unchanged_portal
+    from etl.quality.report import report_name
+
+    election_id = detection["election_id"]
+    if detection["status"] == UNAVAILABLE:
+        result = alert_on_failed_run(election_id, f"portal unavailable: {detection['reason']}")
+    elif detection["status"] == UNCHANGED:
+        result = alert_on_unchanged_portal(election_id)
+    elif published is None:
+        result = alert_on_failed_run(
+            election_id, "the cycle failed after the portal changed; see the Airflow task logs")
+    else:
+        snapshot_dir = Path(published["snapshot_dir"])
+        meta = read_meta(snapshot_dir)
+        dq_results = pd.read_parquet(snapshot_dir / "dq_results.parquet")
+        statuses = {c: (s["status"], s["reason"]) for c, s in published["statuses"].items()}
+        result = alert_on_snapshot(
+            meta, dq_results, statuses, str(config.report_dir() / report_name(meta["snapshot_id"])),
+            divisions=pd.read_parquet(snapshot_dir / "divisions.parquet"))
+    sent = [{"kind": a.kind, "severity": a.severity, "contest_id": a.contest_id,
+             "checks": list(a.checks), "title": a.title} for a in result.sent]
+    _append_cycle_log(detection, published, sent)
+    return sent
+
+
+def latest_seats(warehouse_url: str, election_id: str, contest_id: str) -> list[dict[str, Any]]:
+    """The seat allocation of a contest's latest published snapshot."""
+    from etl.warehouse import seat_allocation
+
+    return seat_allocation(warehouse_url, election_id, contest_id)
+
+
+def reprocess_snapshots(
+    election_id: str, snapshot_ids: Sequence[str], warehouse_url: str,
+) -> list[dict[str, Any]]:
+    """Rebuild staged snapshots from the raw archive, re-check them and reload them.
+
+    For after a parser or gate fix: no portal access; the warehouse rows of each snapshot
+    are replaced in one transaction. Alerts are not re-sent for past portal states.
+    """
+    from etl.quality import validate_snapshot
+    from etl.scrape import rebuild_from_archive
+    from etl.warehouse import load_snapshot
+
+    root = config.staging_dir() / election_id / "snapshots"
+    wanted = set(snapshot_ids)
+    done = []
+    for snapshot_dir in sorted(p for p in root.glob("*") if (p / "snapshot.json").exists()):
+        if wanted and snapshot_dir.name not in wanted:
+            continue
+        rebuilt = snapshot_dir.parent / f".rebuild-{uuid.uuid4().hex}"
+        summary = rebuild_from_archive(snapshot_dir, rebuilt)
+        validate_snapshot(rebuilt)
+        loaded = load_snapshot(warehouse_url, rebuilt, replace=True)
+        shutil.rmtree(snapshot_dir)
+        rebuilt.rename(snapshot_dir)
+        done.append({"snapshot_id": summary.snapshot_id, "statuses": loaded.statuses})
+        log.info("reprocessed %s: %s", summary.snapshot_id, loaded.statuses)
+    missing = wanted - {d["snapshot_id"] for d in done}
+    if missing:
+        raise FileNotFoundError(f"no staged snapshot {', '.join(sorted(missing))} under {root}")
+    return done
+
+
+def cycle_log_path() -> Path:
+    """One JSON line per cycle: what the portal showed, what was published, what alerted."""
+    return config.data_dir() / "cycles.jsonl"
+
+
+def _append_cycle_log(detection: dict[str, Any], published: dict[str, Any] | None,
+                      sent: list[dict[str, Any]]) -> None:
+    path = cycle_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "checked_at": detection["checked_at"],
+        "election_id": detection["election_id"],
+        "portal": detection["status"],
+        "reason": detection["reason"],
+        "snapshot_id": published["snapshot_id"] if published else None,
+        "portal_updated_at": published["portal_updated_at"] if published else None,
+        "statuses": published["statuses"] if published else {},
+        "alerts": sent,
+    }
+    with path.open("a", encoding="utf-8") as log_file:
+        log_file.write(json.dumps(record, ensure_ascii=False) + "\n")
