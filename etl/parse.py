@@ -559,10 +559,9 @@ def parse_division(html: bytes, url: str) -> DivisionPage:
     nested = html.lower().count(b"<table") > sum(1 for e in top if e.name == "table")
     if nested or not any(e.name == "h1" for e in top):
         top = [e for e in soup.descendants if e.__class__ is Tag]
-    candidates = top
-    headings = [e for e in candidates if e.name == "h1"]
-    times = [e for e in candidates if e.name == "time"]
-    tables = [e for e in candidates if e.name == "table"]
+    headings = [e for e in top if e.name == "h1"]
+    times = [e for e in top if e.name == "time"]
+    tables = [e for e in top if e.name == "table"]
     time_tag = next((t for t in times if "updated" in _classes(t)), None) or next(
         iter(times), None
     )
@@ -612,7 +611,7 @@ def parse_division(html: bytes, url: str) -> DivisionPage:
 
     # The same child linked twice in a row (name and "details") is one child page.
     seen: set[str] = set()
-    unique_children = []
+    unique_children: list[Link] = []
     for link in children:
         if link.segment not in seen:
             seen.add(link.segment)
