@@ -10,7 +10,6 @@ validate → publish → announce (Asset event) ; alert runs whatever happened u
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -35,11 +34,6 @@ DEFAULT_ARGS: dict[str, Any] = {
 def results_asset(election_id: str) -> Asset:
     """The Asset a data team's DAG can schedule on: fresh published results."""
     return Asset(f"cec://{election_id}/results")
-
-
-def _crawl_batches() -> int:
-    # Read inside a task (not at parse time): how many mapped crawl tasks to spread over.
-    return int(os.environ.get("CEC_CRAWL_BATCHES", "4"))
 
 
 def build_election_dag(rules: ElectionRules) -> Any:
@@ -71,11 +65,12 @@ def build_election_dag(rules: ElectionRules) -> Any:
 
         @task
         def plan_crawl(detection: dict[str, Any]) -> list[list[str]]:
+            from etl import config
             from etl.cycle import CHANGED, plan_batches
 
             if detection["status"] != CHANGED:
                 raise AirflowSkipException(f"portal {detection['status']}: nothing to do")
-            return plan_batches(detection["contests"], _crawl_batches())
+            return plan_batches(detection["contests"], config.crawl_batches())
 
         @task(max_active_tis_per_dagrun=4)
         def crawl(contests: list[str], **context: Any) -> str:

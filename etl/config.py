@@ -12,71 +12,77 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 USER_AGENT = "cec-results-etl/0.1 (+election observers' results pipeline)"
 
 
-def _env(name: str, default: str) -> str:
+def env(name: str, default: str) -> str:
+    """The variable's value, or `default` when it is unset or blank."""
     value = os.environ.get(name, "").strip()
     return value or default
 
 
 def data_dir() -> Path:
     """Root of everything the pipeline writes (`CEC_DATA_DIR`, default `data/`)."""
-    return Path(_env("CEC_DATA_DIR", "data"))
+    return Path(env("CEC_DATA_DIR", "data"))
 
 
 def raw_dir() -> Path:
     """The content-addressed raw archive (`CEC_RAW_DIR`, default `<data>/raw`)."""
-    return Path(_env("CEC_RAW_DIR", str(data_dir() / "raw")))
+    return Path(env("CEC_RAW_DIR", str(data_dir() / "raw")))
 
 
 def report_dir() -> Path:
     """Where the quality reports go (`CEC_REPORT_DIR`, default `<data>/reports`)."""
-    return Path(_env("CEC_REPORT_DIR", str(data_dir() / "reports")))
+    return Path(env("CEC_REPORT_DIR", str(data_dir() / "reports")))
 
 
 def staging_dir() -> Path:
     """Per-snapshot staging directories (`CEC_STAGING_DIR`, default `<data>/staging`)."""
-    return Path(_env("CEC_STAGING_DIR", str(data_dir() / "staging")))
+    return Path(env("CEC_STAGING_DIR", str(data_dir() / "staging")))
 
 
 def portal_url() -> str:
     """Base URL of the portal (`CEC_PORTAL_URL`, default the local replica)."""
-    return _env("CEC_PORTAL_URL", "http://127.0.0.1:8765").rstrip("/")
+    return env("CEC_PORTAL_URL", "http://127.0.0.1:8765").rstrip("/")
 
 
 def portal_lang() -> str:
     """Language section the pipeline reads (`CEC_PORTAL_LANG`, default `ru`)."""
-    return _env("CEC_PORTAL_LANG", "ru")
+    return env("CEC_PORTAL_LANG", "ru")
 
 
 def warehouse_url() -> str:
     """Warehouse URL (`CEC_WAREHOUSE_URL`): `duckdb:///path` or `postgresql://…`."""
-    return _env("CEC_WAREHOUSE_URL", f"duckdb:///{data_dir() / 'warehouse.duckdb'}")
+    return env("CEC_WAREHOUSE_URL", f"duckdb:///{data_dir() / 'warehouse.duckdb'}")
 
 
 def alerts_file() -> Path:
     """The JSON-lines alert log (`CEC_ALERTS_FILE`, default `<data>/alerts.jsonl`)."""
-    return Path(_env("CEC_ALERTS_FILE", str(data_dir() / "alerts.jsonl")))
+    return Path(env("CEC_ALERTS_FILE", str(data_dir() / "alerts.jsonl")))
 
 
 def elections_dir() -> Path:
     """Directory of election rule files (`CEC_ELECTIONS_DIR`, default `elections/`)."""
-    return Path(_env("CEC_ELECTIONS_DIR", str(REPO_ROOT / "elections")))
+    return Path(env("CEC_ELECTIONS_DIR", str(REPO_ROOT / "elections")))
 
 
 def concurrency() -> int:
     """Requests in flight at once over the whole crawl (`CEC_CONCURRENCY`, default 16)."""
-    return int(_env("CEC_CONCURRENCY", "16"))
+    return int(env("CEC_CONCURRENCY", "16"))
 
 
 def crawl_processes() -> int:
     """Parser processes for a crawl (`CEC_CRAWL_PROCESSES`, default: the CPU count)."""
-    return int(_env("CEC_CRAWL_PROCESSES", str(os.cpu_count() or 1)))
+    return int(env("CEC_CRAWL_PROCESSES", str(os.cpu_count() or 1)))
 
 
 def request_timeout() -> float:
     """Seconds to wait for a response before retrying (`CEC_TIMEOUT`, default 10)."""
-    return float(_env("CEC_TIMEOUT", "10"))
+    return float(env("CEC_TIMEOUT", "10"))
 
 
 def max_retries() -> int:
     """Retries per request on 429/5xx/timeouts (`CEC_RETRIES`, default 4)."""
-    return int(_env("CEC_RETRIES", "4"))
+    return int(env("CEC_RETRIES", "4"))
+
+
+def crawl_batches() -> int:
+    """Mapped crawl tasks per DAG run (`CEC_CRAWL_BATCHES`, default 4)."""
+    return int(env("CEC_CRAWL_BATCHES", "4"))

@@ -16,17 +16,16 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from etl import config
+from etl.replica.process import control, replica_process
 
 log = logging.getLogger(__name__)
 
@@ -35,42 +34,6 @@ DAG_ID = f"cec_results__{ELECTION_ID}"
 # What the replay leaves in the data directory; removed first so each replay starts clean.
 REPLAY_OUTPUTS = ("raw", "staging", "reports", "state", "warehouse.duckdb", "warehouse.duckdb.wal",
                   "alerts.jsonl", "alert_state.json", "alert_state.json.lock", "cycles.jsonl")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _http(method: str, url: str) -> Any:
-    request = urllib.request.Request(url, method=method)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-@contextlib.contextmanager
-def replica(port: int) -> Iterator[str]:
-    """The portal replica in a child process, at its first snapshot."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "etl.replica", "--scenario", "kg2021", "--port", str(port),
-         "--at", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                _http("GET", f"{base_url}/_replica/state")
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"the replica did not start on port {port}")
-        yield base_url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @contextlib.contextmanager
@@ -173,7 +136,7 @@ def replay(base_url: str, warehouse_url: str, labels: list[str] | None = None) -
     if dagbag.import_errors:
         raise RuntimeError(f"DAG import errors: {dagbag.import_errors}")
     dag = dagbag.dags[DAG_ID]
-    snapshots = _http("GET", f"{base_url}/_replica/snapshots")
+    snapshots = control("GET", f"{base_url}/_replica/snapshots")
     wanted = [s for s in snapshots if labels is None or s["label"] in labels]
     unknown = set(labels or ()) - {s["label"] for s in snapshots}
     if unknown:
@@ -184,7 +147,7 @@ def replay(base_url: str, warehouse_url: str, labels: list[str] | None = None) -
     print(f"{'portal time':<16}  {'snapshot':<22} {'counted':>7} {'parties':>8}  "
           f"{'status':<30} alerts", flush=True)
     for number, (snapshot, repeat) in enumerate(runs):
-        _http("POST", f"{base_url}/_replica/goto?at={snapshot['index']}")
+        control("POST", f"{base_url}/_replica/goto?at={snapshot['index']}")
         logical = datetime.fromisoformat(snapshot["portal_time"]) + timedelta(minutes=5 * repeat)
         before = cycle_count()
         started = time.perf_counter()
@@ -238,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"Preparing Airflow (AIRFLOW_HOME={args.airflow_home}) …", flush=True)
     prepare_airflow(args.airflow_home.resolve())
-    with replica(args.port or free_port()) as base_url:
+    with replica_process(at="0", port=args.port) as base_url:
         os.environ["CEC_PORTAL_URL"] = base_url
         print(f"Replica of the CEC portal at {base_url}; warehouse {warehouse_url}; "
               f"Airflow task logs in {data / 'airflow.log'}\n", flush=True)
