@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) -m bench.scrape
 	$(PY) -m bench.validate
 	$(PY) -m bench.load
+	$(PY) -m bench.cycle
 
 replica: $(STAMP)
 	$(PY) -m etl.replica --scenario kg2021 --port 8765
