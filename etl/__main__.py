@@ -74,6 +74,13 @@ def print_scrape_summary(meta: dict[str, object], rows: dict[str, int], seconds:
         print(f"  … and {len(failures) - 20} more failures (see snapshot.json)")
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """The quality gate on a scrape output directory (exit 3 on a critical failure)."""
+    from etl.quality.cli import main_validate
+
+    return main_validate(args.gate_args)  # set by main(): the arguments argparse left
+
+
 def cmd_reprocess(args: argparse.Namespace) -> int:
     """Rebuild a snapshot from the raw archive, without touching the portal."""
     from etl.scrape import rebuild_from_archive
@@ -146,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     scrape.add_argument("--out", type=Path, required=True, help="snapshot directory to write")
     scrape.set_defaults(func=cmd_scrape)
 
+    # The quality gate's CLI parses its own arguments (see etl/quality/cli.py).
+    validate = sub.add_parser("validate", add_help=False,
+                              help="run the quality gate on a snapshot directory")
+    validate.set_defaults(func=cmd_validate)
+
     run = sub.add_parser("run", help="one full cycle: scrape, validate, load, alert")
     _add_portal_args(run)
     run.add_argument("--warehouse", default=None,
@@ -162,13 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "validate":
-        from etl.quality.cli import main_validate
-
-        _configure_logging(verbose=False)
-        return main_validate(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "validate":
+        args.gate_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _configure_logging(args.verbose)
     try:
         code: int = args.func(args)
