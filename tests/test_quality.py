@@ -665,3 +665,14 @@ def test_any_figure_that_went_down_is_named_by_w2(options: dict, where: int, dro
     assert len(hit) == 1
     assert hit.iloc[0]["observed"] == str(place["votes"] - drop)
     assert failures(dq).query("severity == 'critical'").empty
+
+
+def test_line_dropped_by_the_root_is_found_through_its_divisions() -> None:
+    snap = hand_election()
+    results = snap.results[~at(snap.results, "list", "0", 3)]
+    dq = check(with_frames(snap, results=results))
+    row = only_failure(dq, "C2")
+    assert (row["division_id"], row["choice_position"], row["observed"]) == ("0", 3, "missing")
+    assert row["message"].endswith(
+        "a missing share (listed by 5 divisions of the contest, not by its root)"
+    )

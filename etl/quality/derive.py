@@ -121,17 +121,46 @@ def contest_lines(divisions: pd.DataFrame, keyed: pd.DataFrame) -> pd.DataFrame:
 
 
 def line_coverage(
-    turnout: pd.DataFrame, keyed: pd.DataFrame, lines: pd.DataFrame
+    divisions: pd.DataFrame, turnout: pd.DataFrame, keyed: pd.DataFrame, lines: pd.DataFrame
 ) -> pd.DataFrame:
-    """C2: one row per (counted division, ballot line of its contest) with what was found."""
+    """C2: one row per (counted division, ballot line of its contest) with what was found.
+
+    The root defines the contest's lines, so a line the root itself dropped is found by
+    its divisions: a counted root is also expected to list every line they list.
+    """
     counted = turnout.loc[
         turnout["precincts_counted"].fillna(0) > 0,
         [*DIVISION_KEY, "precincts_counted", "precincts_total"],
     ].drop_duplicates(DIVISION_KEY)
     expected = counted.merge(lines, on="contest_id")
+
+    listed = keyed.drop_duplicates(LINE_KEY)
+    on_root = listed.set_index(["contest_id", "line_key"]).index.isin(
+        lines.set_index(["contest_id", "line_key"]).index
+    )
+    elsewhere = (
+        listed[~on_root]
+        .groupby(["contest_id", "line_key"], sort=False)
+        .agg(
+            choice_position=("choice_position", "first"),
+            choice_name=("choice_name", "first"),
+            is_against_all=("is_against_all", "first"),
+            listed_by=("division_id", "size"),
+        )
+        .reset_index()
+    )
+    if len(elsewhere):
+        roots = divisions.loc[divisions["parent_id"].isna(), DIVISION_KEY].drop_duplicates()
+        expected = pd.concat(
+            [expected, counted.merge(roots, on=DIVISION_KEY).merge(elsewhere, on="contest_id")],
+            ignore_index=True,
+        )
     found = keyed[[*LINE_KEY, "votes", "pct_published"]].drop_duplicates(LINE_KEY)
     frame = expected.merge(found, on=LINE_KEY, how="left", indicator="found")
     frame["row_present"] = (frame.pop("found") == "both").astype("boolean")
+    if "listed_by" not in frame.columns:
+        frame["listed_by"] = pd.NA
+    frame["listed_by"] = frame["listed_by"].astype("Int64")
     return frame.reset_index(drop=True)
 
 

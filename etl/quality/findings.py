@@ -111,18 +111,25 @@ def _c1_pct_sum(rows: pd.DataFrame, _: Mapping[str, Any], config: QualityConfig)
 
 def _c2_line_present(rows: pd.DataFrame, _: Mapping[str, Any], config: QualityConfig) -> Texts:
     observed, expected, detail = [], [], []
-    for present, votes, published, counted, total in zip(
+    for present, votes, published, counted, total, listed_by in zip(
         _column(rows, "row_present"),
         _column(rows, "votes"),
         _column(rows, "pct_published"),
         _column(rows, "precincts_counted"),
         _column(rows, "precincts_total"),
+        _column(rows, "listed_by"),
         strict=True,
     ):
         progress = f"{plain(counted)} of {plain(total)} protocols counted"
         if present is not True:
             observed.append("missing")
-            detail.append(f"no row in the results table although {progress}: a missing share")
+            elsewhere = (
+                "" if _missing(listed_by)
+                else f" (listed by {plain(listed_by)} divisions of the contest, not by its root)"
+            )
+            detail.append(
+                f"no row in the results table although {progress}: a missing share{elsewhere}"
+            )
         else:
             empty = [
                 label

@@ -161,7 +161,7 @@ def derived_frames(
         "division_pct_sums": derive.division_pct_sums(
             results, settings.pct_sum_tolerance_per_line
         ),
-        "line_coverage": derive.line_coverage(turnout, keyed, lines),
+        "line_coverage": derive.line_coverage(divisions, turnout, keyed, lines),
         "protocol_identities": derive.protocol_identities(turnout, keyed, lines),
         # A contest that lost pages has parents whose missing children cannot be summed.
         "reconciliation": derive.reconciliation(
