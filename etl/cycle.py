@@ -22,7 +22,7 @@ from etl import config
 from etl.archive import RawArchive
 from etl.crawl import ContestCrawl, SourceSpec, contest_path, crawl_contests, election_path
 from etl.fetch import FetchedPage, FetchError, PortalClient, utc_now
-from etl.normalise import build_frames, read_meta, write_snapshot
+from etl.normalise import build_frames, read_snapshot_meta, write_snapshot
 from etl.parse import PageParseError, parse_election
 from etl.scrape import snapshot_meta
 
@@ -181,7 +181,7 @@ def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:
     from etl.quality import validate_snapshot
     from etl.warehouse import previous_published
 
-    meta = read_meta(snapshot_dir)
+    meta = read_snapshot_meta(snapshot_dir)
     previous = previous_published(warehouse_url, meta["election_id"], meta["contests"])
     outcome = validate_snapshot(snapshot_dir, previous=previous if len(previous[0]) else None)
     log.info("snapshot %s validated: %d critical contests %s, report %s", meta["snapshot_id"],
@@ -195,7 +195,7 @@ def publish_stage(snapshot_dir: Path, warehouse_url: str, fingerprint: str | Non
     from etl.warehouse import load_snapshot
 
     summary = load_snapshot(warehouse_url, snapshot_dir)
-    meta = read_meta(snapshot_dir)
+    meta = read_snapshot_meta(snapshot_dir)
     mark_completed(meta["election_id"], fingerprint, summary.snapshot_id)
     return {
         "snapshot_id": summary.snapshot_id,
@@ -225,7 +225,7 @@ def alert_stage(detection: dict[str, Any], published: dict[str, Any] | None) -> 
             election_id, "the cycle failed after the portal changed; see the Airflow task logs")
     else:
         snapshot_dir = Path(published["snapshot_dir"])
-        meta = read_meta(snapshot_dir)
+        meta = read_snapshot_meta(snapshot_dir)
         dq_results = pd.read_parquet(snapshot_dir / "dq_results.parquet")
         statuses = {c: (s["status"], s["reason"]) for c, s in published["statuses"].items()}
         result = alert_on_snapshot(

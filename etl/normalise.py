@@ -15,17 +15,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from etl import schema
-from etl.crawl import ContestCrawl
 from etl.records import FetchFailure, PageRef
+
+if TYPE_CHECKING:
+    from etl.crawl import ContestCrawl
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_META = "snapshot.json"
+SNAPSHOT_META_FILE = "snapshot.json"
 
 
 @dataclass(frozen=True)
@@ -110,30 +112,52 @@ def _typed(columns: dict[str, list[Any]], dtypes: dict[str, str]) -> pd.DataFram
 def write_snapshot(out_dir: Path, frames: SnapshotFrames, meta: dict[str, Any]) -> None:
     """Write the frames and `snapshot.json` (last, so its presence means complete)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SNAPSHOT_META).unlink(missing_ok=True)
+    (out_dir / SNAPSHOT_META_FILE).unlink(missing_ok=True)
     for name in schema.FRAMES:
         tmp = out_dir / f".{name}.parquet.tmp"
         getattr(frames, name).to_parquet(tmp, index=False)
         os.replace(tmp, out_dir / f"{name}.parquet")
-    tmp_meta = out_dir / f".{SNAPSHOT_META}.tmp"
+    tmp_meta = out_dir / f".{SNAPSHOT_META_FILE}.tmp"
     tmp_meta.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp_meta, out_dir / SNAPSHOT_META)
+    os.replace(tmp_meta, out_dir / SNAPSHOT_META_FILE)
 
 
-def read_meta(snapshot_dir: Path) -> dict[str, Any]:
-    """The snapshot's metadata; a clear error when the directory is not a snapshot."""
-    path = snapshot_dir / SNAPSHOT_META
-    if not path.exists():
-        raise FileNotFoundError(f"{snapshot_dir} is not a complete snapshot: {SNAPSHOT_META} missing")
-    meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+class SnapshotDirError(ValueError):
+    """A directory that is not a complete, readable snapshot; the message says why."""
+
+
+def read_snapshot_meta(snapshot_dir: Path) -> dict[str, Any]:
+    """`snapshot.json` of a snapshot directory, or a SnapshotDirError saying why not."""
+    if not snapshot_dir.is_dir():
+        raise SnapshotDirError(f"{snapshot_dir} is not a directory")
+    path = snapshot_dir / SNAPSHOT_META_FILE
+    if not path.is_file():
+        raise SnapshotDirError(
+            f"{snapshot_dir} is not a complete snapshot: {SNAPSHOT_META_FILE} missing "
+            "(an interrupted scrape writes it last)"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SnapshotDirError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(meta, dict) or not meta.get("snapshot_id"):
+        raise SnapshotDirError(f"{path} has no snapshot_id")
     return meta
 
 
-def read_frames(snapshot_dir: Path) -> SnapshotFrames:
-    """Read a snapshot directory's frames back with their nullable dtypes."""
-    read_meta(snapshot_dir)
-    frames = {
-        name: pd.read_parquet(snapshot_dir / f"{name}.parquet").astype(dtypes)
-        for name, dtypes in schema.FRAMES.items()
-    }
-    return SnapshotFrames(**frames)
+def read_snapshot_frames(snapshot_dir: Path) -> dict[str, pd.DataFrame]:
+    """The divisions, turnout and results frames of a snapshot directory, typed."""
+    frames = {}
+    for name, columns in schema.FRAMES.items():
+        path = snapshot_dir / f"{name}.parquet"
+        if not path.is_file():
+            raise SnapshotDirError(f"{snapshot_dir} is not a snapshot: {path.name} missing")
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise SnapshotDirError(f"{path} is unreadable: {exc}") from exc
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise SnapshotDirError(f"{path} lacks columns {', '.join(missing)}")
+        frames[name] = frame[list(columns)].astype(columns)
+    return frames

@@ -19,7 +19,7 @@ from etl.fetch import FetchedPage, utc_now
 from etl.normalise import (
     build_frames,
     portal_time,
-    read_meta,
+    read_snapshot_meta,
     snapshot_id_for,
     write_snapshot,
 )
@@ -73,7 +73,7 @@ def rebuild_from_archive(
     processes: int | None = None,
 ) -> ScrapeSummary:
     """Re-parse a past snapshot's archived pages into `out_dir`, without the portal."""
-    meta = read_meta(snapshot_dir)
+    meta = read_snapshot_meta(snapshot_dir)
     spec = SourceSpec(
         base_url=meta["portal"],
         archive_root=archive_root or config.raw_dir(),

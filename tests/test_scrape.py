@@ -25,7 +25,7 @@ from facts import (
 
 from etl import schema
 from etl.fetch import FetchError
-from etl.normalise import read_frames, read_meta
+from etl.normalise import read_snapshot_frames, read_snapshot_meta
 from etl.parse import PortalMaintenance
 from etl.replica import Faults, ReplicaServer, load_scenario
 from etl.scrape import UnknownContestError, rebuild_from_archive, scrape
@@ -58,16 +58,22 @@ def final_scrape(replica: ReplicaServer, tmp_path_factory: pytest.TempPathFactor
 
 
 def national(frames_dir: Path, contest: str = "list") -> tuple[pd.Series, pd.DataFrame]:
-    frames = read_frames(frames_dir)
-    root = frames.divisions[(frames.divisions.contest_id == contest)
-                            & frames.divisions.parent_id.isna()]
+    frames = read_snapshot_frames(frames_dir)
+    root = frames["divisions"][(frames["divisions"].contest_id == contest)
+                            & frames["divisions"].parent_id.isna()]
     assert len(root) == 1
     root_id = root.division_id.iloc[0]
-    turnout = frames.turnout[(frames.turnout.contest_id == contest)
-                             & (frames.turnout.division_id == root_id)].iloc[0]
-    results = frames.results[(frames.results.contest_id == contest)
-                             & (frames.results.division_id == root_id)]
+    turnout = frames["turnout"][(frames["turnout"].contest_id == contest)
+                             & (frames["turnout"].division_id == root_id)].iloc[0]
+    results = frames["results"][(frames["results"].contest_id == contest)
+                             & (frames["results"].division_id == root_id)]
     return turnout, results
+
+
+def retry_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The scraper's retry log lines (the replica logs its fault switches too)."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "etl.fetch" and r.getMessage().startswith("retry")]
 
 
 def test_final_snapshot_national_totals_equal_facts(final_scrape: Path) -> None:
@@ -87,14 +93,14 @@ def test_final_snapshot_national_totals_equal_facts(final_scrape: Path) -> None:
 
 def test_final_snapshot_covers_every_division_of_the_scenario(final_scrape: Path) -> None:
     scenario = load_scenario("kg2021")
-    frames = read_frames(final_scrape / "snapshot")
-    meta = read_meta(final_scrape / "snapshot")
+    frames = read_snapshot_frames(final_scrape / "snapshot")
+    meta = read_snapshot_meta(final_scrape / "snapshot")
     expected = {c: len(contest.divisions) for c, contest in scenario.contests.items()}
-    assert frames.divisions.groupby("contest_id").size().to_dict() == expected
+    assert frames["divisions"].groupby("contest_id").size().to_dict() == expected
     assert meta["pages_failed"] == 0 and meta["failures"] == []
     assert sorted(meta["contests"]) == sorted(scenario.contests)
     # Hierarchy from links: one root per contest, every other parent is a known division.
-    divisions = frames.divisions
+    divisions = frames["divisions"]
     assert divisions.parent_id.isna().sum() == len(expected)
     keys = set(zip(divisions.contest_id, divisions.division_id, strict=True))
     children = divisions[divisions.parent_id.notna()]
@@ -105,14 +111,14 @@ def test_final_snapshot_covers_every_division_of_the_scenario(final_scrape: Path
 
 
 def test_frames_have_the_contract_columns_and_nullable_dtypes(final_scrape: Path) -> None:
-    frames = read_frames(final_scrape / "snapshot")
+    frames = read_snapshot_frames(final_scrape / "snapshot")
     for name, columns in schema.FRAMES.items():
-        frame = getattr(frames, name)
+        frame = frames[name]
         assert list(frame.columns) == list(columns)
         assert {c: str(t) for c, t in frame.dtypes.items()} == columns
-    against_all = frames.results[frames.results.is_against_all]
+    against_all = frames["results"][frames["results"].is_against_all]
     assert against_all.choice_position.isna().all()
-    assert frames.results[~frames.results.is_against_all].choice_position.notna().all()
+    assert frames["results"][~frames["results"].is_against_all].choice_position.notna().all()
 
 
 def test_preliminary_snapshot_equals_the_preliminary_table(portal: ReplicaServer,
@@ -145,8 +151,8 @@ def test_unchanged_portal_is_answered_304_and_stores_nothing_new(portal: Replica
     assert second.snapshot_id == first.snapshot_id
     assert (raw / "index.jsonl").read_text() == index_before
     assert sorted(p.name for p in (raw / "blobs").rglob("*") if p.is_file()) == blobs_before
-    pd.testing.assert_frame_equal(read_frames(tmp_path / "a").results,
-                                  read_frames(tmp_path / "b").results)
+    pd.testing.assert_frame_equal(read_snapshot_frames(tmp_path / "a")["results"],
+                                  read_snapshot_frames(tmp_path / "b")["results"])
 
 
 def test_a_new_portal_state_gets_a_new_snapshot_id(portal: ReplicaServer, tmp_path: Path) -> None:
@@ -170,7 +176,7 @@ def test_transient_errors_are_retried_logged_and_archived(
                          archive_root=tmp_path / "raw", processes=1)
     assert summary.meta["failures"] == []
     assert summary.rows["divisions"] == SMALL_PAGES
-    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    retries = retry_messages(caplog)
     assert len(retries) == 2 * summary.meta["pages_fetched"]  # two per page, election page too
     assert all(f"HTTP {status}" in message for message in retries)
     index = [json.loads(line) for line in (tmp_path / "raw" / "index.jsonl").open()]
@@ -184,7 +190,7 @@ def test_retry_after_is_honoured(portal: ReplicaServer, tmp_path: Path,
         summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
                          archive_root=tmp_path / "raw", processes=1)
     assert summary.meta["failures"] == []
-    waits = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    waits = retry_messages(caplog)
     assert len(waits) == 1 and "in 2.00s" in waits[0] and "HTTP 429" in waits[0]
 
 
@@ -224,7 +230,7 @@ def test_a_truncated_body_is_retried_and_never_archived(
         summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
                          archive_root=tmp_path / "raw", processes=1)
     assert summary.meta["failures"] == [] and summary.rows["divisions"] == SMALL_PAGES
-    truncated = [r for r in caplog.records if "retry" in r.getMessage()]
+    truncated = retry_messages(caplog)
     assert len(truncated) == SMALL_PAGES + 1  # every page and the election page, once each
     # Every archived body is a whole page (the replica's full bodies end with </html>).
     blobs = [p for p in (tmp_path / "raw" / "blobs").rglob("*") if p.is_file()]
@@ -270,14 +276,15 @@ def test_rebuild_from_archive_reproduces_the_snapshot_without_the_portal(
     # A closed port stands in for the portal: the rebuild must not need it.
     rebuilt = rebuild_from_archive(final_scrape / "snapshot", tmp_path / "rebuilt",
                                    archive_root=final_scrape / "raw")
-    original = read_meta(final_scrape / "snapshot")
+    original = read_snapshot_meta(final_scrape / "snapshot")
     assert rebuilt.snapshot_id == original["snapshot_id"]
-    before, after = read_frames(final_scrape / "snapshot"), read_frames(tmp_path / "rebuilt")
+    before = read_snapshot_frames(final_scrape / "snapshot")
+    after = read_snapshot_frames(tmp_path / "rebuilt")
     for name in schema.FRAMES:
         key = ["contest_id", "division_id"]
         pd.testing.assert_frame_equal(
-            getattr(before, name).sort_values(key, kind="stable").reset_index(drop=True),
-            getattr(after, name).sort_values(key, kind="stable").reset_index(drop=True))
+            before[name].sort_values(key, kind="stable").reset_index(drop=True),
+            after[name].sort_values(key, kind="stable").reset_index(drop=True))
 
 
 def test_cli_scrape_writes_the_snapshot_and_prints_a_summary(portal: ReplicaServer,

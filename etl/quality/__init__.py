@@ -6,9 +6,9 @@ warehouse), `write_report`, and the check catalog `CHECKS`. See README.md for th
 
 from __future__ import annotations
 
+from etl.normalise import SnapshotDirError
 from etl.quality.catalog import CHECKS, Check, QualityConfig
 from etl.quality.gate import (
-    SnapshotDirError,
     ValidationOutcome,
     critical_contests,
     run_checks,

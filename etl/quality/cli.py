@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main_validate(argv: list[str]) -> int:
     """Validate one snapshot directory; print its failures; return the exit code."""
-    from etl.quality.gate import SnapshotDirError, validate_snapshot
+    from etl.normalise import SnapshotDirError
+    from etl.quality.gate import validate_snapshot
     from etl.quality.suites import SuiteError
 
     args = build_parser().parse_args(argv)

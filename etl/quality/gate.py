@@ -7,7 +7,6 @@ writes `dq_results.parquet` next to the frames and an HTML report.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,6 +18,10 @@ from typing import Any
 import pandas as pd
 
 from etl import config, schema
+from etl.normalise import (
+    read_snapshot_frames,
+    read_snapshot_meta,
+)
 from etl.quality import derive
 from etl.quality.catalog import CHECKS, CHECKS_BY_ID, QualityConfig
 from etl.quality.findings import FINDING_COLUMNS, DivisionNames, failure_rows, summary_rows
@@ -27,7 +30,6 @@ from etl.quality.suites import EXPECTATIONS_DIR, SuiteError, suite_runner
 log = logging.getLogger(__name__)
 
 DQ_RESULTS_FILE = "dq_results.parquet"
-SNAPSHOT_META_FILE = "snapshot.json"
 # The derived frames the suites validate, by suite name; W2/W4 need a previous snapshot.
 CURRENT_FRAMES = (
     "divisions",
@@ -40,10 +42,6 @@ CURRENT_FRAMES = (
     "coverage",
 )
 PREVIOUS_FRAMES = ("revisions", "swings")
-
-
-class SnapshotDirError(ValueError):
-    """A directory that is not a readable scrape output (missing or unreadable files)."""
 
 
 @dataclass(frozen=True)
@@ -215,43 +213,6 @@ def validate_snapshot(
     write_dq_results(dq_results, snapshot_dir / DQ_RESULTS_FILE)
     report_path = write_report(dq_results, meta, report_dir or config.report_dir())
     return ValidationOutcome(dq_results, critical_contests(dq_results), report_path)
-
-
-def read_snapshot_meta(snapshot_dir: Path) -> dict[str, Any]:
-    """`snapshot.json` of a scrape output directory, or a SnapshotDirError saying why not."""
-    if not snapshot_dir.is_dir():
-        raise SnapshotDirError(f"{snapshot_dir} is not a directory")
-    path = snapshot_dir / SNAPSHOT_META_FILE
-    if not path.is_file():
-        raise SnapshotDirError(
-            f"{snapshot_dir} is not a complete snapshot: {SNAPSHOT_META_FILE} missing "
-            "(an interrupted scrape writes it last)"
-        )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SnapshotDirError(f"{path} is unreadable: {exc}") from exc
-    if not isinstance(meta, dict) or not meta.get("snapshot_id"):
-        raise SnapshotDirError(f"{path} has no snapshot_id")
-    return meta
-
-
-def read_snapshot_frames(snapshot_dir: Path) -> dict[str, pd.DataFrame]:
-    """The divisions, turnout and results frames of a scrape output directory, typed."""
-    frames = {}
-    for name, columns in schema.FRAMES.items():
-        path = snapshot_dir / f"{name}.parquet"
-        if not path.is_file():
-            raise SnapshotDirError(f"{snapshot_dir} is not a snapshot: {path.name} missing")
-        try:
-            frame = pd.read_parquet(path)
-        except (OSError, ValueError) as exc:
-            raise SnapshotDirError(f"{path} is unreadable: {exc}") from exc
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise SnapshotDirError(f"{path} lacks columns {', '.join(missing)}")
-        frames[name] = frame[list(columns)].astype(columns)
-    return frames
 
 
 def write_dq_results(dq_results: pd.DataFrame, path: Path) -> None:

@@ -18,13 +18,13 @@ import pyarrow as pa
 
 from etl import schema
 from etl.elections import ElectionRules
-from etl.quality.gate import (
-    DQ_RESULTS_FILE,
+from etl.normalise import (
     SNAPSHOT_META_FILE,
     SnapshotDirError,
     read_snapshot_frames,
     read_snapshot_meta,
 )
+from etl.quality.gate import DQ_RESULTS_FILE
 from etl.seats import SINGLE_MANDATE, ContestLine, allocate_contest
 
 log = logging.getLogger(__name__)
