@@ -29,7 +29,7 @@ def _add_portal_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw-dir", type=Path, default=None,
                         help="raw archive (default $CEC_RAW_DIR or <data>/raw)")
     parser.add_argument("--concurrency", type=int, default=None,
-                        help="requests in flight at once (default $CEC_CONCURRENCY or 16)")
+                        help="requests in flight at once (default $CEC_CONCURRENCY or 8)")
     parser.add_argument("--processes", type=int, default=None,
                         help="crawl processes (default $CEC_CRAWL_PROCESSES or CPU count)")
 

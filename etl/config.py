@@ -64,8 +64,8 @@ def elections_dir() -> Path:
 
 
 def concurrency() -> int:
-    """Requests in flight at once over the whole crawl (`CEC_CONCURRENCY`, default 16)."""
-    return int(env("CEC_CONCURRENCY", "16"))
+    """Requests in flight at once over the whole crawl (`CEC_CONCURRENCY`, default 8)."""
+    return int(env("CEC_CONCURRENCY", "8"))
 
 
 def crawl_processes() -> int:

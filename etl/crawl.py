@@ -4,9 +4,11 @@ Nothing about the portal's shape is hard-coded beyond SPEC.md's URL scheme for t
 election page and a contest's root: contests come from the election page, divisions from
 the links each page shows, at whatever depth.
 
-The crawl is a pipeline: threads fetch (and archive) pages, a pool of processes parses
-them, and the links a parsed page shows are fetched next. The HTML parser, not the
-network, bounds a full scrape, so parsing is what gets the cores.
+Work is spread over worker processes in small batches of pages: a worker fetches (and
+archives) each page of its batch with a few threads, parses it, and hands back the parsed
+page without its body; the links it shows become the next batches. The HTML parser, not
+the network, bounds a full scrape, so fetching and parsing both go where the cores are,
+and the coordinating process only keeps the books.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from concurrent.futures import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from etl.archive import RawArchive
 from etl.fetch import FetchedPage, FetchError, PortalClient
@@ -111,6 +113,11 @@ def fetch_election(source: PageSource, lang: str, election_id: str) -> tuple[Fet
     return page, parse_election(page.body, page.url)
 
 
+# How many child links one batch carries: small enough to keep every worker busy and
+# the tree's next level flowing, large enough that process hand-offs cost little.
+BATCH_SIZE = 8
+
+
 @dataclass
 class _ContestProgress:
     """What one contest's crawl has gathered so far (mutable, private to the crawl loop)."""
@@ -135,26 +142,75 @@ class _Visit:
     order: tuple[int, ...] = ()
 
 
-class _InlineParser(Executor):
-    """Parses in the calling thread when no parser processes are wanted."""
+@dataclass(frozen=True)
+class _Outcome:
+    """What a worker made of one page: the parsed page, or why there is none."""
 
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        future: Future[DivisionPage] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # handed to the crawl loop like a worker's exception
-            future.set_exception(exc)
-        return future
+    url: str
+    sha256: str | None
+    not_modified: bool
+    division: DivisionPage | None
+    failure: FetchFailure | None
 
 
-def _parser_pool(processes: int) -> Executor:
+# The page source of a worker process, opened once by `_open_source`.
+_source: PageSource | None = None
+
+
+def _open_source(spec: SourceSpec) -> None:
+    global _source  # noqa: PLW0603 - per-process state of a process pool worker
+    _source = spec.open()
+
+
+def _close_source() -> None:
+    global _source  # noqa: PLW0603
+    if _source is not None:
+        _source.close()
+    _source = None
+
+
+def _fetch(path: str) -> FetchedPage | FetchFailure:
+    assert _source is not None, "worker used before _open_source"
+    try:
+        return _source.fetch(path)
+    except FetchError as exc:
+        return FetchFailure(exc.url, exc.reason, exc.status)
+
+
+def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
+    if isinstance(page, FetchFailure):
+        return _Outcome(page.url, None, False, None, page)
+    try:
+        division = parse_division(page.body, page.url)
+    except PageParseError as exc:
+        return _Outcome(page.url, page.sha256, page.not_modified, None,
+                        FetchFailure(exc.url, str(exc), 200))
+    return _Outcome(page.url, page.sha256, page.not_modified, division, None)
+
+
+def _visit_batch(paths: Sequence[str], threads: int) -> list[_Outcome]:
+    """Fetch a batch of pages concurrently, then parse them one by one.
+
+    Fetch first, parse after: a thread parsing while others wait on sockets would hold the
+    GIL for milliseconds each time a response arrives, and the fetches would queue behind it.
+    """
+    if threads <= 1 or len(paths) <= 1:
+        pages = [_fetch(path) for path in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
+            pages = list(pool.map(_fetch, paths))
+    return [_parse(page) for page in pages]
+
+
+def _worker_pool(spec: SourceSpec, processes: int, concurrency: int) -> tuple[Executor, int]:
+    """The executor batches go to, and the threads each batch may use."""
     if processes <= 1:
-        return _InlineParser()
-    # Fork, and before any fetch thread exists: workers then start fast and clean.
-    pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork"))
-    for warm in [pool.submit(time.sleep, 0) for _ in range(processes)]:
-        warm.result()
-    return pool
+        _open_source(spec)
+        return ThreadPoolExecutor(max_workers=max(1, concurrency)), 1
+    # Fork, before this process starts any thread: workers start fast and clean.
+    pool = ProcessPoolExecutor(max_workers=processes, initializer=_open_source, initargs=(spec,),
+                               mp_context=multiprocessing.get_context("fork"))
+    return pool, max(1, concurrency // processes)
 
 
 def crawl_contests(
@@ -168,60 +224,47 @@ def crawl_contests(
 ) -> list[ContestCrawl]:
     """Crawl contests from their root pages down every link.
 
-    `concurrency` pages are fetched at a time; `processes` parser processes (1 = parse in
-    this process). A page that cannot be fetched or parsed is recorded as a failure and
-    the crawl goes on; its body, if any, is already in the raw archive.
+    About `concurrency` pages are fetched at a time, by `processes` worker processes (1 =
+    threads of this process). A page that cannot be fetched or parsed is recorded as a
+    failure and the crawl goes on; its body, if any, is already in the raw archive.
     """
     started = time.perf_counter()
     progress = {contest_id: _ContestProgress() for contest_id in contest_ids}
     seen: set[str] = set()
-    parser = _parser_pool(processes)
-    source = spec.open()
-    fetching: dict[Future[FetchedPage], _Visit] = {}
-    parsing: dict[Future[DivisionPage], tuple[_Visit, FetchedPage]] = {}
-    # Finished futures arrive here, so each one costs O(1) (`wait()` on thousands of
-    # pending futures would rescan them all every time).
-    finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+    pool, threads = _worker_pool(spec, processes, concurrency)
+    pending: dict[Future[list[_Outcome]], list[_Visit]] = {}
+    # Finished batches arrive here, so each one costs O(1) (`wait()` on many pending
+    # futures would rescan them all every time).
+    finished: queue.SimpleQueue[Future[list[_Outcome]]] = queue.SimpleQueue()
+
+    def submit(visits: list[_Visit]) -> None:
+        fresh = [v for v in visits if v.path not in seen]
+        seen.update(v.path for v in fresh)
+        for start in range(0, len(fresh), BATCH_SIZE):
+            batch = fresh[start:start + BATCH_SIZE]
+            future = pool.submit(_visit_batch, [v.path for v in batch], threads)
+            pending[future] = batch
+            future.add_done_callback(finished.put)
+
     try:
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as fetcher:
-
-            def fetch(visit: _Visit) -> None:
-                if visit.path not in seen:
-                    seen.add(visit.path)
-                    future = fetcher.submit(source.fetch, visit.path)
-                    fetching[future] = visit
-                    future.add_done_callback(finished.put)
-
-            for contest_id in contest_ids:
-                fetch(_Visit(contest_id, contest_path(lang, election_id, contest_id), None, None))
-            while fetching or parsing:
-                future = finished.get()
-                if future in fetching:
-                    visit = fetching.pop(future)
-                    try:
-                        page = future.result()
-                    except FetchError as exc:
-                        progress[visit.contest_id].failures.append(
-                            FetchFailure(exc.url, exc.reason, exc.status))
-                        continue
-                    parsed = parser.submit(parse_division, page.body, page.url)
-                    parsing[parsed] = (visit, page)
-                    parsed.add_done_callback(finished.put)
-                else:
-                    visit, page = parsing.pop(future)
-                    contest = progress[visit.contest_id]
-                    try:
-                        division = future.result()
-                    except PageParseError as exc:
-                        contest.failures.append(FetchFailure(exc.url, str(exc), 200))
-                        continue
-                    division_id = _record(contest, visit, page, division)
-                    for position, child in enumerate(division.children):
-                        fetch(_Visit(visit.contest_id, child.href, child.segment, division_id,
-                                     (*visit.order, position)))
+        for contest_id in contest_ids:
+            submit([_Visit(contest_id, contest_path(lang, election_id, contest_id), None, None)])
+        while pending:
+            future = finished.get()
+            for visit, outcome in zip(pending.pop(future), future.result(), strict=True):
+                contest = progress[visit.contest_id]
+                if outcome.division is None:
+                    assert outcome.failure is not None
+                    contest.failures.append(outcome.failure)
+                    continue
+                division_id = _record(contest, visit, outcome)
+                submit([_Visit(visit.contest_id, child.href, child.segment, division_id,
+                               (*visit.order, position))
+                        for position, child in enumerate(outcome.division.children)])
     finally:
-        source.close()
-        parser.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
+        if processes <= 1:
+            _close_source()
     crawls = []
     for contest_id, contest in progress.items():
         log.info("crawled %s/%s: %d divisions, %d fetched, %d not modified, %d failed",
@@ -237,15 +280,17 @@ def crawl_contests(
     return crawls
 
 
-def _record(contest: _ContestProgress, visit: _Visit, page: FetchedPage, division: DivisionPage) -> str:
+def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome) -> str:
     """Add a parsed page to its contest; return the division's id."""
-    if page.not_modified:
+    assert outcome.division is not None and outcome.sha256 is not None
+    if outcome.not_modified:
         contest.not_modified += 1
     else:
         contest.fetched += 1
-    contest.pages.append(PageRef(page.url, page.sha256, 200))
+    contest.pages.append(PageRef(outcome.url, outcome.sha256, 200))
     # A contest's root declares its own id; every other division is its URL segment.
-    division_id = visit.division_id or division.declared_id or visit.contest_id
+    division_id = visit.division_id or outcome.division.declared_id or visit.contest_id
     contest.divisions.append((visit.order, CrawledDivision(
-        visit.contest_id, division_id, visit.parent_id, page.url, page.sha256, division)))
+        visit.contest_id, division_id, visit.parent_id, outcome.url, outcome.sha256,
+        outcome.division)))
     return division_id
