@@ -18,44 +18,22 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from etl.warehouse import load_snapshot, migrate
+from etl.warehouse.scratch import (
+    ADMIN_URL_ENV,
+    DEFAULT_ADMIN_URL,
+    scratch_database,
+    scratch_schema_url,
+)
 from etl.warehouse.synthetic import synthetic_snapshot
 
 log = logging.getLogger("bench.load")
 
 TARGETS = {"duckdb": 2.0, "postgres": 5.0}
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "load.json"
-
-
-@contextmanager
-def bench_database(admin_url: str) -> Iterator[str]:
-    """A throwaway PostgreSQL database for the benchmark; dropped afterwards."""
-    import psycopg
-
-    name = f"cec_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlsplit(admin_url)._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def fresh_postgres_schema(database_url: str) -> str:
-    """A URL whose connections use a new empty schema of the database."""
-    import psycopg
-
-    name = f"run_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{name}"')
-    return f"{database_url}?options=-csearch_path%3D{name}"
 
 
 def time_loads(snapshot_dir: Path, fresh_url: Callable[[], str], repeat: int) -> list[float]:
@@ -78,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-dir", type=Path, default=None,
                         help="a snapshot directory to load (default: a synthetic final one)")
     parser.add_argument("--repeat", type=int, default=3, help="loads per backend (default 3)")
-    parser.add_argument("--postgres-url", default=os.environ.get(
-        "CEC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        help="a database to create the throwaway benchmark database from")
+    parser.add_argument("--postgres-url", default=os.environ.get(ADMIN_URL_ENV, DEFAULT_ADMIN_URL),
+                        help="a database to create the throwaway benchmark database from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("etl").setLevel(logging.WARNING)
@@ -97,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.repeat,
             )
         }
-        with bench_database(args.postgres_url) as database_url:
+        with scratch_database(args.postgres_url, "cec_bench") as database_url:
             timings["postgres"] = time_loads(
-                snapshot_dir, lambda: fresh_postgres_schema(database_url), args.repeat
+                snapshot_dir, lambda: scratch_schema_url(database_url, "run"), args.repeat
             )
 
     backends = {

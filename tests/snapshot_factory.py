@@ -8,22 +8,23 @@ PostgreSQL database for the session.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pandas as pd
 
 from etl import schema
+from etl.warehouse.scratch import (
+    ADMIN_URL_ENV,
+    DEFAULT_ADMIN_URL,
+    scratch_database,
+    scratch_schema_url,
+)
 from etl.warehouse.synthetic import SyntheticSnapshot, synthetic_snapshot
-
-ADMIN_URL_ENV = "CEC_TEST_POSTGRES_URL"
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def at(hour: int, minute: int = 0, day: int = 28) -> datetime:
@@ -122,25 +123,10 @@ def postgres_database() -> Iterator[str]:
 
     No PostgreSQL means an error here, never a skip: CI must fail without it.
     """
-    import psycopg
-
-    admin_url = os.environ.get(ADMIN_URL_ENV, DEFAULT_ADMIN_URL)
-    name = f"cec_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlsplit(admin_url)._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(os.environ.get(ADMIN_URL_ENV, DEFAULT_ADMIN_URL), "cec_test") as url:
+        yield url
 
 
 def postgres_schema_url(database_url: str) -> str:
     """A URL whose connections work in a new, empty schema of the database."""
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{name}"')
-    separator = "&" if urlsplit(database_url).query else "?"
-    return f"{database_url}{separator}options=-csearch_path%3D{name}"
+    return scratch_schema_url(database_url, "t")
