@@ -102,7 +102,7 @@ def timeline_row(snapshot: dict[str, Any], cycle: dict[str, Any] | None, warehou
     else:
         status = ", ".join(f"{statuses.count(s)} {s}" for s in ("published", "quarantined", "failed")
                            if statuses.count(s))
-    alerts = "; ".join(f"{a['kind']} {a['contest_id'] or ''}".strip() for a in cycle["alerts"])
+    alerts = "; ".join(f"{a['kind']} {a['contest_id'] or 'portal'}" for a in cycle["alerts"])
     counted_text = f"{counted:6.2f}%" if counted is not None else "      -"
     parties_text = f"{parties:7.2f}%" if parties is not None else "       -"
     return (f"{portal_time}  {label:<22} {counted_text} {parties_text}  {status:<30} "
