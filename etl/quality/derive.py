@@ -278,27 +278,11 @@ def reconciliation(
     figures = figures.merge(
         eligible.rename(columns={"parent_id": "division_id"}), on=DIVISION_KEY, how="left"
     )
-    frame = pd.concat(
-        [
-            figures.assign(choice_position=pd.NA, choice_name=pd.NA, is_against_all=pd.NA),
-            votes.drop(columns=["line_key", "n_votes"]),
-        ],
-        ignore_index=True,
-    )
-    frame = frame[frame["parent_value"].notna() & frame["children_sum"].notna()]
-    return _typed_long(
-        frame,
-        {
-            "contest_id": "string",
-            "division_id": "string",
-            "figure": "string",
-            "choice_position": "Int64",
-            "choice_name": "string",
-            "is_against_all": "boolean",
-            "parent_value": "Int64",
-            "children_sum": "Int64",
-            "n_children": "Int64",
-        },
+    return _figures_and_line_votes(
+        figures,
+        votes.drop(columns=["line_key", "n_votes"]),
+        compared=("parent_value", "children_sum"),
+        dtypes={"parent_value": "Int64", "children_sum": "Int64", "n_children": "Int64"},
     )
 
 
@@ -338,14 +322,31 @@ def revisions(
     votes = votes[division_present]
     votes["current"] = votes["current"].fillna(0)
     votes["figure"] = "votes"
+    return _figures_and_line_votes(
+        figures,
+        votes.drop(columns=["line_key"]),
+        compared=("current", "previous"),
+        dtypes={"current": "Int64", "previous": "Int64", "previous_snapshot_id": "string"},
+    )
+
+
+def _figures_and_line_votes(
+    figures: pd.DataFrame,
+    votes: pd.DataFrame,
+    compared: tuple[str, str],
+    dtypes: dict[str, str],
+) -> pd.DataFrame:
+    """W1's and W2's rows: division figures (no ballot line) above per-line votes, typed.
+
+    A row is kept only when both `compared` values are known: a comparison with a missing
+    side is not made.
+    """
     frame = pd.concat(
-        [
-            figures.assign(choice_position=pd.NA, choice_name=pd.NA, is_against_all=pd.NA),
-            votes.drop(columns=["line_key"]),
-        ],
+        [figures.assign(choice_position=pd.NA, choice_name=pd.NA, is_against_all=pd.NA), votes],
         ignore_index=True,
     )
-    frame = frame[frame["current"].notna() & frame["previous"].notna()]
+    first, second = compared
+    frame = frame[frame[first].notna() & frame[second].notna()]
     return _typed_long(
         frame,
         {
@@ -355,9 +356,7 @@ def revisions(
             "choice_position": "Int64",
             "choice_name": "string",
             "is_against_all": "boolean",
-            "current": "Int64",
-            "previous": "Int64",
-            "previous_snapshot_id": "string",
+            **dtypes,
         },
     )
 
