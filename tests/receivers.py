@@ -1,9 +1,8 @@
 """Real receivers on loopback for alert tests: an HTTP server and an SMTP server.
 
 `HttpReceiver` captures POSTs (a generic webhook and Slack's incoming webhook alike);
-`SmtpReceiver` is an aiosmtpd server capturing mail. Both are context managers; the
-`http_receiver` and `smtp_receiver` fixtures wrap them for any test module that imports
-them (or a conftest that does).
+`SmtpReceiver` is an aiosmtpd server capturing mail. Both are context managers; a test
+module wraps them in fixtures named for the channel they stand in for (`webhook`, `slack`).
 """
 
 from __future__ import annotations
@@ -14,13 +13,11 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -152,17 +149,3 @@ def mail_text(message: EmailMessage) -> str:
         if part.get_content_maintype() == "text" and isinstance(part, EmailMessage):
             texts.append(str(part.get_content()))
     return "\n".join(texts)
-
-
-@pytest.fixture
-def http_receiver() -> Iterator[HttpReceiver]:
-    """A running `HttpReceiver` answering 200."""
-    with HttpReceiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def smtp_receiver() -> Iterator[SmtpReceiver]:
-    """A running `SmtpReceiver`."""
-    with SmtpReceiver() as receiver:
-        yield receiver
