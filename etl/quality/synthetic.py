@@ -9,7 +9,6 @@ are the sums of their children.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from etl import schema
+from etl.normalise import SnapshotFrames, write_snapshot
 
 ELECTION_ID = "synthetic"
 AGAINST_ALL = "Против всех"
@@ -61,11 +61,8 @@ class SyntheticSnapshot:
 
     def write(self, out_dir: Path) -> Path:
         """Write it as a scrape output directory (the three parquet files and snapshot.json)."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in schema.FRAMES:
-            getattr(self, name).to_parquet(out_dir / f"{name}.parquet", index=False)
-        (out_dir / "snapshot.json").write_text(
-            json.dumps(self.meta, ensure_ascii=False, indent=1), encoding="utf-8"
+        write_snapshot(
+            out_dir, SnapshotFrames(self.divisions, self.turnout, self.results), self.meta
         )
         return out_dir
 
