@@ -33,3 +33,22 @@ def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     data = tmp_path / "data"
     monkeypatch.setenv("CEC_DATA_DIR", str(data))
     yield data
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url() -> Iterator[str]:
+    """A scratch database on the machine's PostgreSQL for the session (an error if it is down)."""
+    from snapshot_factory import postgres_database
+
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each warehouse backend in turn: a DuckDB file, then a fresh PostgreSQL schema."""
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path}/warehouse.duckdb"
+    from snapshot_factory import postgres_schema_url
+
+    return postgres_schema_url(request.getfixturevalue("postgres_database_url"))
