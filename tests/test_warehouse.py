@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 from snapshot_factory import (
     at,
-    postgres_database,
-    postgres_schema_url,
     small_snapshot,
     with_dq_row,
     with_names,
@@ -46,18 +44,8 @@ TABLE_KEYS = {
 }
 
 
-@pytest.fixture(scope="session")
-def postgres_db():
-    with postgres_database() as url:
-        yield url
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def warehouse(request, tmp_path):
-    """A fresh, empty warehouse URL on each backend."""
-    if request.param == "duckdb":
-        return f"duckdb:///{tmp_path}/warehouse/cec.duckdb"
-    return postgres_schema_url(request.getfixturevalue("postgres_db"))
 
 
 def query(url: str, sql: str, params=()) -> list[tuple]:
@@ -71,13 +59,13 @@ def count(url: str, table: str, snapshot_id: str | None = None) -> int:
     return query(url, f"SELECT count(*) FROM {table} WHERE snapshot_id = ?", [snapshot_id])[0][0]
 
 
-def test_migrations_are_idempotent(warehouse):
-    assert migrate(warehouse) == (1,)
-    assert migrate(warehouse) == ()
-    assert query(warehouse, "SELECT version FROM schema_migrations") == [(1,)]
+def test_migrations_are_idempotent(warehouse_url):
+    assert migrate(warehouse_url) == (1,)
+    assert migrate(warehouse_url) == ()
+    assert query(warehouse_url, "SELECT version FROM schema_migrations") == [(1,)]
     for table in [*TABLE_KEYS, "latest_results", "latest_turnout", "results_history",
                   "seat_allocation"]:
-        assert count(warehouse, table) == 0
+        assert count(warehouse_url, table) == 0
 
 
 def test_duckdb_creates_the_parent_directories(tmp_path):
@@ -90,38 +78,38 @@ def test_unsupported_url_is_refused():
         migrate("sqlite:///x.db")
 
 
-def test_loading_twice_leaves_the_same_rows(warehouse, tmp_path):
+def test_loading_twice_leaves_the_same_rows(warehouse_url, tmp_path):
     snapshot = small_snapshot("s1")
     directory = write(snapshot, tmp_path)
-    first = load_snapshot(warehouse, directory)
+    first = load_snapshot(warehouse_url, directory)
     assert first.is_new and first.all_published
     assert first.rows["results"] == len(snapshot.results) > 0
-    again = load_snapshot(warehouse, directory)
+    again = load_snapshot(warehouse_url, directory)
     assert not again.is_new
     assert set(again.rows.values()) == {0}
     assert again.statuses == first.statuses
-    replaced = load_snapshot(warehouse, directory, replace=True)
+    replaced = load_snapshot(warehouse_url, directory, replace=True)
     assert not replaced.is_new and replaced.rows == first.rows
     for table, key in TABLE_KEYS.items():
-        total = count(warehouse, table)
-        distinct = query(warehouse, f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM {table}) k")
+        total = count(warehouse_url, table)
+        distinct = query(warehouse_url, f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM {table}) k")
         assert total == distinct[0][0] > 0, table
-    assert count(warehouse, "results") == len(snapshot.results)
-    assert count(warehouse, "divisions") == len(snapshot.divisions)
-    assert count(warehouse, "dq_results") == len(snapshot.dq_results)
+    assert count(warehouse_url, "results") == len(snapshot.results)
+    assert count(warehouse_url, "divisions") == len(snapshot.divisions)
+    assert count(warehouse_url, "dq_results") == len(snapshot.dq_results)
 
 
-def test_frames_round_trip_with_their_types(warehouse, tmp_path):
+def test_frames_round_trip_with_their_types(warehouse_url, tmp_path):
     snapshot = small_snapshot("s1")
-    load_snapshot(warehouse, write(snapshot, tmp_path))
-    turnout, results = previous_published(warehouse, "jk2021")
+    load_snapshot(warehouse_url, write(snapshot, tmp_path))
+    turnout, results = previous_published(warehouse_url, "jk2021")
     expected = snapshot.results.sort_values(
         ["contest_id", "division_id"], kind="stable").reset_index(drop=True)
     pd.testing.assert_frame_equal(results, expected)
     expected_turnout = snapshot.turnout.sort_values(
         ["contest_id", "division_id"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(turnout, expected_turnout)
-    stored = query(warehouse, "SELECT portal_updated_at, fetched_at, pages_fetched FROM snapshots")
+    stored = query(warehouse_url, "SELECT portal_updated_at, fetched_at, pages_fetched FROM snapshots")
     assert stored[0][0] == at(16)
     assert stored[0][1] == datetime_utc("2021-11-28T16:00:40+00:00")
     assert stored[0][2] == snapshot.meta["pages_fetched"]
@@ -133,7 +121,7 @@ def datetime_utc(text: str):
     return datetime.fromisoformat(text)
 
 
-def test_line_no_numbers_rows_within_a_division(warehouse, tmp_path):
+def test_line_no_numbers_rows_within_a_division(warehouse_url, tmp_path):
     snapshot = small_snapshot("s1")
     # The duplicates incident: one candidate twice in one table. Quarantined, but kept.
     results = snapshot.results
@@ -142,75 +130,75 @@ def test_line_no_numbers_rows_within_a_division(warehouse, tmp_path):
     snapshot = with_dq_row(snapshot.__class__(snapshot.meta, snapshot.divisions, snapshot.turnout,
                                               doubled, snapshot.dq_results),
                            "unique_choice", "okrug-1")
-    summary = load_snapshot(warehouse, write(snapshot, tmp_path))
+    summary = load_snapshot(warehouse_url, write(snapshot, tmp_path))
     assert summary.statuses["okrug-1"] == "quarantined"
-    rows = query(warehouse, "SELECT line_no, choice_position, choice_name, votes FROM results"
+    rows = query(warehouse_url, "SELECT line_no, choice_position, choice_name, votes FROM results"
                  " WHERE contest_id = 'okrug-1' AND division_id = 'okrug-1' ORDER BY line_no")
     assert [row[0] for row in rows] == [0, 1, 2, 3]
     assert rows[3][1:] == rows[0][1:]
 
 
-def test_quarantine_never_leaks_and_the_previous_snapshot_stays_current(warehouse, tmp_path):
+def test_quarantine_never_leaks_and_the_previous_snapshot_stays_current(warehouse_url, tmp_path):
     good = small_snapshot("s1", at(16), counted=0.5)
-    load_snapshot(warehouse, write(good, tmp_path))
+    load_snapshot(warehouse_url, write(good, tmp_path))
     bad = with_dq_row(small_snapshot("s2", at(17), counted=1.0, seed=1),
                       "pct_sum_le_100", "list", message="parties sum to 143.27%")
-    summary = load_snapshot(warehouse, write(bad, tmp_path))
+    summary = load_snapshot(warehouse_url, write(bad, tmp_path))
     assert summary.quarantined == ("list",)
     assert summary.statuses["okrug-1"] == "published"
-    reason = query(warehouse, "SELECT status, reason FROM snapshot_contests"
+    reason = query(warehouse_url, "SELECT status, reason FROM snapshot_contests"
                    " WHERE snapshot_id = 's2' AND contest_id = 'list'")
     assert reason == [("quarantined", "critical checks failed: pct_sum_le_100 (1 row)")]
     # Kept for inspection …
-    assert count(warehouse, "results", "s2") == len(bad.results)
+    assert count(warehouse_url, "results", "s2") == len(bad.results)
     # … but the consumers still see s1 for the list and s2 for the constituencies.
     for view in ("latest_results", "latest_turnout", "seat_allocation"):
-        latest = dict(query(warehouse, f"SELECT DISTINCT contest_id, snapshot_id FROM {view}"))
+        latest = dict(query(warehouse_url, f"SELECT DISTINCT contest_id, snapshot_id FROM {view}"))
         assert latest == {"list": "s1", "okrug-1": "s2", "okrug-2": "s2", "okrug-3": "s2"}, view
-    assert {row[0] for row in query(warehouse, "SELECT DISTINCT snapshot_id FROM results_history"
+    assert {row[0] for row in query(warehouse_url, "SELECT DISTINCT snapshot_id FROM results_history"
                                     " WHERE contest_id = 'list'")} == {"s1"}
-    turnout, results = previous_published(warehouse, "jk2021", ["list"])
+    turnout, results = previous_published(warehouse_url, "jk2021", ["list"])
     assert set(results["snapshot_id"]) == set(turnout["snapshot_id"]) == {"s1"}
     assert len(results) == len(good.results[good.results["contest_id"] == "list"])
 
 
-def test_a_snapshot_wide_critical_failure_quarantines_every_contest(warehouse, tmp_path):
-    load_snapshot(warehouse, write(small_snapshot("s1", at(16)), tmp_path))
+def test_a_snapshot_wide_critical_failure_quarantines_every_contest(warehouse_url, tmp_path):
+    load_snapshot(warehouse_url, write(small_snapshot("s1", at(16)), tmp_path))
     bad = with_dq_row(small_snapshot("s2", at(17)), "snapshot_complete", None)
-    summary = load_snapshot(warehouse, write(bad, tmp_path))
+    summary = load_snapshot(warehouse_url, write(bad, tmp_path))
     assert set(summary.statuses.values()) == {"quarantined"}
-    assert query(warehouse, "SELECT DISTINCT snapshot_id FROM latest_results") == [("s1",)]
+    assert query(warehouse_url, "SELECT DISTINCT snapshot_id FROM latest_results") == [("s1",)]
 
 
-def test_a_warning_does_not_quarantine(warehouse, tmp_path):
+def test_a_warning_does_not_quarantine(warehouse_url, tmp_path):
     snapshot = with_dq_row(small_snapshot("s1"), "pct_matches", "list", severity="warning")
-    assert load_snapshot(warehouse, write(snapshot, tmp_path)).all_published
+    assert load_snapshot(warehouse_url, write(snapshot, tmp_path)).all_published
 
 
-def test_failed_contest_is_recorded_with_its_reason(warehouse, tmp_path):
-    load_snapshot(warehouse, write(small_snapshot("s1", at(16)), tmp_path))
+def test_failed_contest_is_recorded_with_its_reason(warehouse_url, tmp_path):
+    load_snapshot(warehouse_url, write(small_snapshot("s1", at(16)), tmp_path))
     failure = {"url": "http://127.0.0.1:8765/ru/results/jk2021/okrug-2/",
                "reason": "HTTP 503 after 4 retries", "status": 503, "contest_id": "okrug-2"}
     partial = without_contest(small_snapshot("s2", at(17)), "okrug-2", [failure])
-    summary = load_snapshot(warehouse, write(partial, tmp_path))
+    summary = load_snapshot(warehouse_url, write(partial, tmp_path))
     assert summary.failed == ("okrug-2",)
-    (reason,) = query(warehouse, "SELECT reason FROM snapshot_contests"
+    (reason,) = query(warehouse_url, "SELECT reason FROM snapshot_contests"
                       " WHERE snapshot_id = 's2' AND contest_id = 'okrug-2'")[0]
     assert "no root division" in reason and failure["url"] in reason and "503" in reason
-    latest = dict(query(warehouse, "SELECT DISTINCT contest_id, snapshot_id FROM latest_results"))
+    latest = dict(query(warehouse_url, "SELECT DISTINCT contest_id, snapshot_id FROM latest_results"))
     assert latest == {"list": "s2", "okrug-1": "s2", "okrug-2": "s1", "okrug-3": "s2"}
 
 
-def test_history_across_snapshots(warehouse, tmp_path):
+def test_history_across_snapshots(warehouse_url, tmp_path):
     timeline = [("t1", at(15, 30), 0.25), ("t2", at(16, 0), 0.5), ("t3", at(16, 30), 0.9)]
     snapshots = {sid: small_snapshot(sid, when, counted=share) for sid, when, share in timeline}
     # Loaded out of order: recency is the portal's time, not the load order.
     for sid in ("t3", "t1", "t2"):
-        load_snapshot(warehouse, write(snapshots[sid], tmp_path))
+        load_snapshot(warehouse_url, write(snapshots[sid], tmp_path))
     quarantined = with_dq_row(small_snapshot("t4", at(17), counted=1.0), "pct_sum_le_100", None)
-    load_snapshot(warehouse, write(quarantined, tmp_path))
+    load_snapshot(warehouse_url, write(quarantined, tmp_path))
 
-    national = query(warehouse, "SELECT snapshot_id, votes, ballots_cast, precincts_counted,"
+    national = query(warehouse_url, "SELECT snapshot_id, votes, ballots_cast, precincts_counted,"
                      " precincts_total FROM results_history WHERE contest_id = 'list'"
                      " AND parent_id IS NULL AND choice_position = 21"
                      " ORDER BY portal_updated_at")
@@ -224,13 +212,13 @@ def test_history_across_snapshots(warehouse, tmp_path):
         expected = root[(root["division_id"] == "0") & (root["choice_position"] == 21)]
         assert votes[int(sid[1]) - 1] == expected["votes"].item()
 
-    levels = query(warehouse, "SELECT level, count(DISTINCT division_id) FROM results_history"
+    levels = query(warehouse_url, "SELECT level, count(DISTINCT division_id) FROM results_history"
                    " WHERE contest_id = 'list' GROUP BY level ORDER BY level")
     assert levels == [("country", 1), ("region", 4)]  # 3 regions and abroad, no precincts
-    okrug = query(warehouse, "SELECT DISTINCT level FROM results_history"
+    okrug = query(warehouse_url, "SELECT DISTINCT level FROM results_history"
                   " WHERE contest_id = 'okrug-1'")
     assert sorted(okrug) == [("constituency",), ("precinct",)]  # a constituency's children
-    assert query(warehouse, "SELECT DISTINCT snapshot_id FROM latest_results") == [("t3",)]
+    assert query(warehouse_url, "SELECT DISTINCT snapshot_id FROM latest_results") == [("t3",)]
 
 
 # FACTS.md: final shares of the six passing parties, preliminary shares of the rest.
@@ -241,7 +229,7 @@ OTHER_PCT = {1: 3.48, 4: 0.62, 6: 0.62, 7: 0.95, 10: 4.01, 11: 1.54, 12: 0.41, 1
 EXPECTED_SEATS = {21: 15, 9: 12, 8: 9, 3: 7, 2: 6, 5: 5}
 
 
-def test_seat_allocation_of_the_final_shares(warehouse, tmp_path):
+def test_seat_allocation_of_the_final_shares(warehouse_url, tmp_path):
     shares = {**FINAL_PCT, **OTHER_PCT, None: 2.15}
     votes = {p: round(pct * FINAL_TOOK_PART / 100) for p, pct in shares.items()}
     final = with_root_figures(small_snapshot("final", at(18, day=15)), "list", votes,
@@ -249,9 +237,9 @@ def test_seat_allocation_of_the_final_shares(warehouse, tmp_path):
     # okrug-1: against all first, the seat stays vacant; okrug-2: candidate 2 wins.
     final = with_root_figures(final, "okrug-1", {1: 100, 2: 90, None: 120}, 400)
     final = with_root_figures(final, "okrug-2", {1: 100, 2: 190, None: 20}, 400)
-    load_snapshot(warehouse, write(final, tmp_path))
+    load_snapshot(warehouse_url, write(final, tmp_path))
 
-    rows = query(warehouse, "SELECT choice_position, seats, passed_threshold, pct, note"
+    rows = query(warehouse_url, "SELECT choice_position, seats, passed_threshold, pct, note"
                  " FROM seat_allocation WHERE contest_id = 'list' ORDER BY line_no")
     won = {row[0]: row[1] for row in rows if row[0] is not None}
     assert won == {p: EXPECTED_SEATS.get(p, 0) for p in range(1, 22)}
@@ -259,26 +247,26 @@ def test_seat_allocation_of_the_final_shares(warehouse, tmp_path):
     assert {row[0] for row in rows if row[2]} == set(FINAL_PCT)
     assert [row for row in rows if row[0] is None] == [
         (None, 0, None, pytest.approx(2.15, abs=0.001), "against all takes no seats")]
-    okrug_1 = query(warehouse, "SELECT choice_position, seats, note FROM seat_allocation"
+    okrug_1 = query(warehouse_url, "SELECT choice_position, seats, note FROM seat_allocation"
                     " WHERE contest_id = 'okrug-1' ORDER BY line_no")
     assert [row[1] for row in okrug_1] == [0, 0, 0]
     assert {row[2] for row in okrug_1} == {"vacant: against all has most votes"}
-    okrug_2 = seat_allocation(warehouse, "jk2021", "okrug-2")
+    okrug_2 = seat_allocation(warehouse_url, "jk2021", "okrug-2")
     assert [(r["choice_position"], r["seats"], r["method"]) for r in okrug_2] == [
         (1, 0, "single_mandate"), (2, 1, "single_mandate"), (None, 0, "single_mandate")]
     assert {r["snapshot_id"] for r in okrug_2} == {"final"}
-    assert len(seat_allocation(warehouse, "jk2021")) == len(rows) + 3 * 3
+    assert len(seat_allocation(warehouse_url, "jk2021")) == len(rows) + 3 * 3
 
 
-def test_previous_published_is_empty_before_anything_is_published(warehouse, tmp_path):
-    turnout, results = previous_published(warehouse, "jk2021", ["list"])
+def test_previous_published_is_empty_before_anything_is_published(warehouse_url, tmp_path):
+    turnout, results = previous_published(warehouse_url, "jk2021", ["list"])
     assert turnout.empty and results.empty
     assert list(results.columns)[:4] == ["snapshot_id", "election_id", "contest_id", "division_id"]
-    load_snapshot(warehouse, write(small_snapshot("s1"), tmp_path))
-    turnout, results = previous_published(warehouse, "jk2021", ["okrug-3"])
+    load_snapshot(warehouse_url, write(small_snapshot("s1"), tmp_path))
+    turnout, results = previous_published(warehouse_url, "jk2021", ["okrug-3"])
     assert set(results["contest_id"]) == set(turnout["contest_id"]) == {"okrug-3"}
-    assert previous_published(warehouse, "jk2021", [])[1].empty
-    assert previous_published(warehouse, "other2030")[1].empty
+    assert previous_published(warehouse_url, "jk2021", [])[1].empty
+    assert previous_published(warehouse_url, "other2030")[1].empty
 
 
 HOSTILE = [
@@ -294,37 +282,37 @@ HOSTILE = [
 ]
 
 
-def test_hostile_strings_are_stored_verbatim(warehouse, tmp_path):
+def test_hostile_strings_are_stored_verbatim(warehouse_url, tmp_path):
     snapshot = with_names(small_snapshot("s1"), HOSTILE)
-    load_snapshot(warehouse, write(snapshot, tmp_path))
-    stored = query(warehouse, "SELECT choice_name FROM results ORDER BY contest_id, division_id,"
+    load_snapshot(warehouse_url, write(snapshot, tmp_path))
+    stored = query(warehouse_url, "SELECT choice_name FROM results ORDER BY contest_id, division_id,"
                    " line_no")
     expected = snapshot.results.sort_values(["contest_id", "division_id"], kind="stable")
     assert [row[0] for row in stored] == expected["choice_name"].tolist()
-    assert {row[0] for row in query(warehouse, "SELECT name FROM divisions")} == set(HOSTILE)
-    assert {row[0] for row in query(warehouse, "SELECT message FROM dq_results")} <= set(HOSTILE)
-    assert {row[0] for row in query(warehouse, "SELECT choice_name FROM latest_results")} == set(
+    assert {row[0] for row in query(warehouse_url, "SELECT name FROM divisions")} == set(HOSTILE)
+    assert {row[0] for row in query(warehouse_url, "SELECT message FROM dq_results")} <= set(HOSTILE)
+    assert {row[0] for row in query(warehouse_url, "SELECT choice_name FROM latest_results")} == set(
         HOSTILE)
-    assert count(warehouse, "results") == len(snapshot.results)  # still there
-    assert count(warehouse, "snapshots") == 1
+    assert count(warehouse_url, "results") == len(snapshot.results)  # still there
+    assert count(warehouse_url, "snapshots") == 1
 
 
-def test_bad_snapshot_directories_are_refused_and_load_nothing(warehouse, tmp_path):
-    migrate(warehouse)
+def test_bad_snapshot_directories_are_refused_and_load_nothing(warehouse_url, tmp_path):
+    migrate(warehouse_url)
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
     with pytest.raises(SnapshotError, match=r"snapshot\.json missing"):
-        load_snapshot(warehouse, interrupted)
+        load_snapshot(warehouse_url, interrupted)
     snapshot = small_snapshot("s1")
     directory = write(snapshot, tmp_path)
     other = snapshot.results.assign(snapshot_id="someone-else")
     other.to_parquet(directory / "results.parquet", index=False)
     with pytest.raises(SnapshotError, match="the manifest says 's1'"):
-        load_snapshot(warehouse, directory)
+        load_snapshot(warehouse_url, directory)
     (directory / "dq_results.parquet").unlink()
     with pytest.raises(SnapshotError, match=r"dq_results\.parquet is missing"):
-        load_snapshot(warehouse, directory)
-    assert count(warehouse, "snapshots") == 0
+        load_snapshot(warehouse_url, directory)
+    assert count(warehouse_url, "snapshots") == 0
 
 
 def _start_loader(
@@ -347,10 +335,10 @@ def _assert_absent(url: str, snapshot_id: str) -> None:
         assert count(url, table, snapshot_id) == 0, table
 
 
-def test_sigkill_inside_the_transaction_leaves_nothing(warehouse, tmp_path):
-    load_snapshot(warehouse, write(small_snapshot("s1", at(16)), tmp_path))
+def test_sigkill_inside_the_transaction_leaves_nothing(warehouse_url, tmp_path):
+    load_snapshot(warehouse_url, write(small_snapshot("s1", at(16)), tmp_path))
     big = synthetic_snapshot("big", portal_updated_at=at(17))
-    loader = _start_loader(warehouse, write(big, tmp_path), hold_seconds=60)
+    loader = _start_loader(warehouse_url, write(big, tmp_path), hold_seconds=60)
     assert loader.stderr is not None
     for line in loader.stderr:  # wait until every row is inserted, the commit not sent
         if "holding the load transaction" in line:
@@ -359,18 +347,18 @@ def test_sigkill_inside_the_transaction_leaves_nothing(warehouse, tmp_path):
         pytest.fail(f"the loader ended without reaching the hold point (rc {loader.wait()})")
     loader.send_signal(signal.SIGKILL)
     assert loader.wait(timeout=30) == -signal.SIGKILL
-    _assert_absent(warehouse, "big")
-    assert query(warehouse, "SELECT DISTINCT snapshot_id FROM latest_results") == [("s1",)]
+    _assert_absent(warehouse_url, "big")
+    assert query(warehouse_url, "SELECT DISTINCT snapshot_id FROM latest_results") == [("s1",)]
     # The warehouse still takes loads (no stale lock), and the same snapshot loads whole.
-    summary = load_snapshot(warehouse, write(big, tmp_path))
-    assert summary.is_new and count(warehouse, "results", "big") == len(big.results)
+    summary = load_snapshot(warehouse_url, write(big, tmp_path))
+    assert summary.is_new and count(warehouse_url, "results", "big") == len(big.results)
 
 
 @pytest.mark.parametrize("after_table", ["divisions", "results", "seat_allocations"])
-def test_sigkill_during_the_bulk_inserts_is_all_or_nothing(warehouse, tmp_path, after_table):
+def test_sigkill_during_the_bulk_inserts_is_all_or_nothing(warehouse_url, tmp_path, after_table):
     big = synthetic_snapshot("big", portal_updated_at=at(17))
     directory = write(big, tmp_path)
-    loader = _start_loader(warehouse, directory, log_level="DEBUG")
+    loader = _start_loader(warehouse_url, directory, log_level="DEBUG")
     assert loader.stderr is not None
     for line in loader.stderr:  # no hold: the loader runs on while the signal is sent
         if f"rows into {after_table}" in line:
@@ -380,17 +368,17 @@ def test_sigkill_during_the_bulk_inserts_is_all_or_nothing(warehouse, tmp_path, 
     expected = {"snapshots": 1, "divisions": len(big.divisions), "results": len(big.results),
                 "turnout": len(big.turnout), "dq_results": len(big.dq_results),
                 "snapshot_contests": 37, "seat_allocations": 130}
-    found = {table: count(warehouse, table, "big") for table in expected}
+    found = {table: count(warehouse_url, table, "big") for table in expected}
     assert found in ({table: 0 for table in expected}, expected)
 
 
-def test_readme_example_queries_run(warehouse, tmp_path):
-    load_snapshot(warehouse, write(small_snapshot("s1"), tmp_path))
+def test_readme_example_queries_run(warehouse_url, tmp_path):
+    load_snapshot(warehouse_url, write(small_snapshot("s1"), tmp_path))
     readme = (REPO_ROOT / "etl" / "warehouse" / "README.md").read_text(encoding="utf-8")
     blocks = [block.split("```", 1)[0] for block in readme.split("```sql\n")[1:]]
     statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
     assert len(statements) >= 5
-    answers = [query(warehouse, statement) for statement in statements]
+    answers = [query(warehouse_url, statement) for statement in statements]
     assert len(answers[0]) == 22  # 21 parties and against-all, national
     assert len(answers[1]) == 1 and answers[1][0][1] > 0  # one snapshot of party №21
     assert sum(row[4] for row in answers[2]) == 54  # every party-list seat is given

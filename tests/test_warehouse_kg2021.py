@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from snapshot_factory import postgres_database, postgres_schema_url
 
 from etl.quality.gate import validate_snapshot
 from etl.replica.server import ReplicaServer
@@ -38,17 +37,8 @@ def snapshot_dirs(tmp_path_factory) -> dict[str, Path]:
     return dirs
 
 
-@pytest.fixture(scope="module")
-def postgres_db():
-    with postgres_database() as url:
-        yield url
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def warehouse(request, tmp_path):
-    if request.param == "duckdb":
-        return f"duckdb:///{tmp_path}/warehouse.duckdb"
-    return postgres_schema_url(request.getfixturevalue("postgres_db"))
 
 
 def query(url: str, sql: str) -> list[tuple]:
@@ -56,35 +46,35 @@ def query(url: str, sql: str) -> list[tuple]:
         return db.query(sql)
 
 
-def test_final_snapshot_gives_the_cec_seats(warehouse, snapshot_dirs):
-    summary = load_snapshot(warehouse, snapshot_dirs["final"])
+def test_final_snapshot_gives_the_cec_seats(warehouse_url, snapshot_dirs):
+    summary = load_snapshot(warehouse_url, snapshot_dirs["final"])
     assert summary.all_published, summary.contests
-    seats = dict(query(warehouse, "SELECT choice_position, seats FROM seat_allocation"
+    seats = dict(query(warehouse_url, "SELECT choice_position, seats FROM seat_allocation"
                                   " WHERE contest_id = 'list' AND NOT is_against_all"))
     assert seats == {p: EXPECTED_SEATS.get(p, 0) for p in range(1, 22)}
-    vacant = query(warehouse, "SELECT DISTINCT contest_id FROM seat_allocation"
+    vacant = query(warehouse_url, "SELECT DISTINCT contest_id FROM seat_allocation"
                               " WHERE note = 'vacant: against all has most votes'")
     assert sorted(vacant) == [("okrug-3",), ("okrug-4",)]
-    assert query(warehouse, "SELECT sum(seats) FROM seat_allocation"
+    assert query(warehouse_url, "SELECT sum(seats) FROM seat_allocation"
                             " WHERE contest_id = 'okrug-1'") == [(1,)]
 
 
-def test_timeline_history_and_the_quarantined_formula_error(warehouse, snapshot_dirs):
-    before = load_snapshot(warehouse, snapshot_dirs["counting-4"])
+def test_timeline_history_and_the_quarantined_formula_error(warehouse_url, snapshot_dirs):
+    before = load_snapshot(warehouse_url, snapshot_dirs["counting-4"])
     assert before.all_published, before.contests
-    error = load_snapshot(warehouse, snapshot_dirs["formula-error"])
+    error = load_snapshot(warehouse_url, snapshot_dirs["formula-error"])
     assert "list" in error.quarantined
-    latest = dict(query(warehouse, "SELECT DISTINCT contest_id, snapshot_id FROM latest_results"))
+    latest = dict(query(warehouse_url, "SELECT DISTINCT contest_id, snapshot_id FROM latest_results"))
     assert latest["list"] == before.snapshot_id  # the doubled percentages never show
-    history = query(warehouse, "SELECT DISTINCT snapshot_id FROM results_history"
+    history = query(warehouse_url, "SELECT DISTINCT snapshot_id FROM results_history"
                                " WHERE contest_id = 'list'")
     assert history == [(before.snapshot_id,)]
 
-    final = load_snapshot(warehouse, snapshot_dirs["final"])
-    national = query(warehouse, "SELECT snapshot_id, votes, precincts_counted FROM results_history"
+    final = load_snapshot(warehouse_url, snapshot_dirs["final"])
+    national = query(warehouse_url, "SELECT snapshot_id, votes, precincts_counted FROM results_history"
                                 " WHERE contest_id = 'list' AND parent_id IS NULL"
                                 " AND choice_position = 21 ORDER BY portal_updated_at")
     assert [row[0] for row in national] == [before.snapshot_id, final.snapshot_id]
     assert national[0][1] < national[1][1] and national[0][2] < national[1][2]
-    assert set(dict(query(warehouse, "SELECT contest_id, snapshot_id FROM latest_turnout"))
+    assert set(dict(query(warehouse_url, "SELECT contest_id, snapshot_id FROM latest_turnout"))
                .values()) == {final.snapshot_id}
