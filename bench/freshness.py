@@ -333,7 +333,7 @@ class Watcher:
         seen = now_utc()
         first = self._index is None
         # Normally one step; if a poll was slow, every skipped snapshot is stamped too.
-        start = index if first or self._index is None else self._index + 1
+        start = index if self._index is None else self._index + 1
         for i in range(start, index + 1):
             entry = self.timeline[i]
             if self.tracking or first:
