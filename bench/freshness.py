@@ -91,7 +91,6 @@ DAG_ID = f"cec_results__{ELECTION_ID}"
 CRON = "* * * * *"
 TARGET_SECONDS = 60.0
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "freshness.json"
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 POLL_SECONDS = 1.0
 # Replica snapshot modes in which the portal shows no results: the pipeline can only show
 # them as an `unavailable` cycle.
@@ -135,21 +134,14 @@ def metadata_db(kind: str, airflow_home: Path) -> Iterator[str]:
         return
     import importlib.util
 
-    import psycopg
+    from etl.warehouse.scratch import DEFAULT_ADMIN_URL, scratch_database
 
     if importlib.util.find_spec("asyncpg") is None:
         # Airflow 3 opens an async connection too, and maps postgresql to asyncpg for it.
-        raise RuntimeError("--db postgres needs asyncpg: pip install asyncpg==0.32.0")
-    name = f"cec_airflow_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+        raise RuntimeError("--db postgres needs asyncpg (in requirements.txt): make setup")
+    with scratch_database(DEFAULT_ADMIN_URL, "cec_airflow_bench") as url:
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3 anyway; say it explicitly.
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
-            # FORCE: a component killed late may still hold a connection.
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def airflow_env(root: Path, db_url: str, api_port: int, elections_dir: Path,
