@@ -149,3 +149,20 @@ def mail_text(message: EmailMessage) -> str:
         if part.get_content_maintype() == "text" and isinstance(part, EmailMessage):
             texts.append(str(part.get_content()))
     return "\n".join(texts)
+
+
+def alert_channel_env(webhook: HttpReceiver, slack: HttpReceiver, smtp: SmtpReceiver) -> dict[str, str]:
+    """Environment that sends the pipeline's alerts to these receivers on every channel
+    (the webhook at `/hook`, Slack as an Airflow connection, email through SMTP)."""
+    return {
+        "CEC_ALERT_WEBHOOK_URL": f"{webhook.url}/hook",
+        "CEC_ALERT_SLACK_CONN_ID": "cec_slack",
+        "AIRFLOW_CONN_CEC_SLACK": json.dumps(
+            {"conn_type": "slackwebhook", "host": slack.url, "password": "T0/B0/token"}),
+        "CEC_ALERT_SMTP_CONN_ID": "cec_smtp",
+        "AIRFLOW_CONN_CEC_SMTP": json.dumps({
+            "conn_type": "smtp", "host": "127.0.0.1", "port": smtp.port,
+            "extra": {"disable_tls": True, "disable_ssl": True}}),
+        "CEC_ALERT_EMAIL_TO": "oncall@example.org",
+        "CEC_ALERT_EMAIL_FROM": "cec-etl@example.org",
+    }

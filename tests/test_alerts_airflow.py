@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from receivers import HttpReceiver, SmtpReceiver
+from receivers import HttpReceiver, SmtpReceiver, alert_channel_env
 
 pytestmark = pytest.mark.airflow
 
@@ -70,17 +70,7 @@ def test_alert_task_delivers_to_every_channel_inside_airflow(tmp_path: Path) -> 
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
             "CEC_DATA_DIR": str(tmp_path / "data"),
-            "CEC_ALERT_WEBHOOK_URL": f"{webhook.url}/hook",
-            "CEC_ALERT_SLACK_CONN_ID": "cec_slack",
-            "AIRFLOW_CONN_CEC_SLACK": json.dumps({
-                "conn_type": "slackwebhook", "host": slack.url, "password": "T0/B0/token"}),
-            "CEC_ALERT_SMTP_CONN_ID": "cec_smtp",
-            "AIRFLOW_CONN_CEC_SMTP": json.dumps({
-                "conn_type": "smtp", "host": "127.0.0.1", "port": smtp.port,
-                "extra": {"disable_tls": True, "disable_ssl": True}}),
-            "CEC_ALERT_EMAIL_TO": "oncall@example.org",
-            "CEC_ALERT_EMAIL_FROM": "cec-etl@example.org",
-        }
+        } | alert_channel_env(webhook, slack, smtp)
         airflow = Path(sys.executable).with_name("airflow")
         subprocess.run([str(airflow), "db", "migrate"], env=env, check=True,
                        capture_output=True, timeout=300)

@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import pytest
 from facts import FINAL_SEATS
-from receivers import HttpReceiver, SmtpReceiver
+from receivers import HttpReceiver, SmtpReceiver, alert_channel_env
 
 pytestmark = pytest.mark.airflow
 
@@ -49,17 +49,7 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
     with HttpReceiver() as webhook, HttpReceiver() as slack, SmtpReceiver() as smtp:
         env = os.environ | {
             "CEC_DATA_DIR": str(data),
-            "CEC_ALERT_WEBHOOK_URL": f"{webhook.url}/hook",
-            "CEC_ALERT_SLACK_CONN_ID": "cec_slack",
-            "AIRFLOW_CONN_CEC_SLACK": json.dumps(
-                {"conn_type": "slackwebhook", "host": slack.url, "password": "T0/B0/token"}),
-            "CEC_ALERT_SMTP_CONN_ID": "cec_smtp",
-            "AIRFLOW_CONN_CEC_SMTP": json.dumps({
-                "conn_type": "smtp", "host": "127.0.0.1", "port": smtp.port,
-                "extra": {"disable_tls": True, "disable_ssl": True}}),
-            "CEC_ALERT_EMAIL_TO": "oncall@example.org",
-            "CEC_ALERT_EMAIL_FROM": "cec-etl@example.org",
-        }
+        } | alert_channel_env(webhook, slack, smtp)
         labels = [arg for label in TIMELINE for arg in ("--label", label)]
         run = subprocess.run(
             [sys.executable, "-m", "etl.demo", "--airflow-home", str(base / "airflow_home"),
