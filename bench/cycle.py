@@ -18,12 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+from bench import save_report
 from etl.replica.process import replica_process
 
 TARGET_SECONDS = 15.0
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "cycle.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
               "warehouse": args.warehouse or "fresh DuckDB file", "seconds": seconds,
               "median_seconds": median, "target_seconds": TARGET_SECONDS,
               "meets_target": median <= TARGET_SECONDS}
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(report, indent=1))
+    save_report("cycle", report)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -82,6 +82,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench import save_report
 from etl import config
 from etl.elections import parse_election_file
 from etl.replica.process import control, free_port, replica_process
@@ -90,7 +91,6 @@ ELECTION_ID = "jk2021"
 DAG_ID = f"cec_results__{ELECTION_ID}"
 CRON = "* * * * *"
 TARGET_SECONDS = 60.0
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "freshness.json"
 POLL_SECONDS = 1.0
 # Replica snapshot modes in which the portal shows no results: the pipeline can only show
 # them as an `unavailable` cycle.
@@ -584,8 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    save_report("freshness", report)
     print(json.dumps(report, indent=1, ensure_ascii=False))
     return 0
 

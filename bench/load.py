@@ -11,7 +11,6 @@ DuckDB file; a new PostgreSQL schema in a throwaway database), timing the whole
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -21,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import save_report
 from etl.warehouse import load_snapshot, migrate
 from etl.warehouse.scratch import (
     ADMIN_URL_ENV,
@@ -33,7 +33,6 @@ from etl.warehouse.synthetic import synthetic_snapshot
 log = logging.getLogger("bench.load")
 
 TARGETS = {"duckdb": 2.0, "postgres": 5.0}
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "load.json"
 
 
 def time_loads(snapshot_dir: Path, fresh_url: Callable[[], str], repeat: int) -> list[float]:
@@ -85,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, runs in timings.items()
     }
     report = {"snapshot_dir": str(args.snapshot_dir or "synthetic"), "backends": backends}
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    save_report("load", report)
     for name, figures in backends.items():
         print(f"load into {name:8} median {figures['median']:.3f}s "
               f"(runs {figures['runs']}; target <= {figures['target']:.0f}s: "

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import save_report
 from etl import config
 from etl.replica.process import replica_process
 from etl.scrape import scrape
 
 TARGET_SECONDS = 10.0
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "scrape.json"
 
 
 def scrape_once(base_url: str, processes: int, concurrency: int) -> dict[str, Any]:
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib": round(peak_mib, 1), "target_seconds": TARGET_SECONDS,
         "meets_target": median <= TARGET_SECONDS,
     }
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(report, indent=1))
+    save_report("scrape", report)
     print(json.dumps(report, indent=1))
     return 0
 

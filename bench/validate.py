@@ -14,7 +14,6 @@ long-lived worker pays it once, a `python -m etl validate` process once per run.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -25,13 +24,13 @@ from typing import Any
 
 import pandas as pd
 
+from bench import save_report
 from etl.quality import validate_snapshot
 from etl.quality.synthetic import make_consistent_election
 
 log = logging.getLogger("bench.validate")
 
 TARGET_SECONDS = 3.0
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "validate.json"
 FINAL_SIZE: dict[str, Any] = {
     "n_lines": 21,
     "regions": 10,
@@ -97,13 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         "critical_contests": sorted(outcome.critical_contests),
         "target_s": TARGET_SECONDS,
     }
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    results_file = save_report("validate", summary)
     print(
         f"validate {summary['snapshot']}: median {summary['validate_median_s']:.2f} s over "
         f"{len(timings)} runs (each {', '.join(f'{t:.2f}' for t in timings)}); GX import and "
         f"context once per process {startup:.2f} s; target {TARGET_SECONDS:.1f} s; "
-        f"{summary['failure_rows']} failure rows; written {RESULTS_FILE}"
+        f"{summary['failure_rows']} failure rows; written {results_file}"
     )
     return 0 if summary["validate_median_s"] <= TARGET_SECONDS else 1
 
