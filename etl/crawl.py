@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from etl.archive import RawArchive
-from etl.fetch import FetchedPage, FetchError, PortalClient
+from etl.fetch import FetchedPage, FetchError, PortalClient, absolute_url
 from etl.parse import PageParseError, parse_division, parse_election
 from etl.records import CrawledDivision, DivisionPage, ElectionPage, FetchFailure, PageRef
 
@@ -74,7 +74,7 @@ class ArchiveSource:
 
     def fetch(self, path: str) -> FetchedPage:
         """The archived body the snapshot used for this path."""
-        url = path if path.startswith("http") else f"{self.base_url}/{path.lstrip('/')}"
+        url = absolute_url(self.base_url, path)
         sha256 = self.pages.get(url)
         if sha256 is None:
             raise FetchError(url, "not in the archived snapshot")

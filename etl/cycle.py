@@ -21,7 +21,7 @@ from typing import Any
 from etl import config
 from etl.archive import RawArchive
 from etl.crawl import ContestCrawl, SourceSpec, contest_path, crawl_contests, election_path
-from etl.fetch import FetchedPage, FetchError, PortalClient, utc_now
+from etl.fetch import FetchedPage, FetchError, PortalClient, absolute_url, utc_now
 from etl.normalise import build_frames, read_snapshot_meta, write_snapshot
 from etl.parse import PageParseError, parse_election
 from etl.scrape import snapshot_meta
@@ -152,7 +152,7 @@ def assemble_snapshot(
     # The election page was fetched (and archived) by detect_change: this stage reads the
     # archive only, so it can be re-run without the portal.
     archive = RawArchive(archive_root or config.raw_dir())
-    election_url = portal.rstrip("/") + election_path(lang, election_id)
+    election_url = absolute_url(portal, election_path(lang, election_id))
     latest = archive.latest(election_url)
     if latest is None:
         raise FileNotFoundError(f"{election_url} is not in the raw archive: run detect_change first")

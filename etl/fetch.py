@@ -51,6 +51,13 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def absolute_url(base_url: str, path: str) -> str:
+    """Absolute URL of a portal path (hrefs on the pages are site-absolute)."""
+    if path.startswith(("http://", "https://")):
+        return path
+    return f"{base_url.rstrip('/')}/{path.lstrip('/')}"
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date)."""
     if not value:
@@ -99,15 +106,9 @@ class PortalClient:
         """Close pooled connections."""
         self.session.close()
 
-    def url_for(self, path: str) -> str:
-        """Absolute URL of a portal path (hrefs on the pages are site-absolute)."""
-        if path.startswith(("http://", "https://")):
-            return path
-        return f"{self.base_url}/{path.lstrip('/')}"
-
     def fetch(self, path: str) -> FetchedPage:
         """Fetch a page, retrying 429/5xx/timeouts with backoff; archive every response."""
-        url = self.url_for(path)
+        url = absolute_url(self.base_url, path)
         last_reason = "not attempted"
         last_status: int | None = None
         retry_after: str | None = None
