@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench bench-freshness replica clean
+.PHONY: setup run test lint bench bench-freshness replica cluster cluster-stop clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,16 @@ bench-freshness: $(STAMP)
 
 replica: $(STAMP)
 	$(PY) -m etl.replica --scenario kg2021 --port 8765
+
+# A CeleryExecutor cluster on this machine (PostgreSQL + Redis on 127.0.0.1, api-server on
+# CLUSTER_PORT, scheduler, dag-processor, triggerer, two Celery workers); state and logs in
+# data/cluster. `make cluster CLUSTER_ARGS="--workers 3"`: see `python -m deploy.cluster -h`.
+CLUSTER_PORT ?= 8080
+cluster: $(STAMP)
+	$(PY) -m deploy.cluster start --api-port $(CLUSTER_PORT) $(CLUSTER_ARGS)
+
+cluster-stop: $(STAMP)
+	$(PY) -m deploy.cluster stop $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
