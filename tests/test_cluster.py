@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -45,7 +46,7 @@ DAG_ID = f"cec_results__{ELECTION}"
 SNAPSHOT = "formula-error"
 # Seconds the replica adds to every answer: each crawl task lasts long enough to be killed
 # in the middle, without making the run slow.
-PAGE_LATENCY = 0.05
+PAGE_LATENCY = 0.02
 RUN_DEADLINE = 600.0
 T = TypeVar("T")
 
@@ -110,13 +111,15 @@ def replica() -> Iterator[ReplicaServer]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, replica: ReplicaServer) -> Iterator[Cluster]:
+def cluster(replica: ReplicaServer) -> Iterator[Cluster]:
     """`python -m deploy.cluster start` as `make cluster` runs it; always stopped afterwards."""
     import psycopg
     import redis
     from snapshot_factory import postgres_database
 
-    root = tmp_path_factory.mktemp("cluster")
+    # Not pytest's tmp_path: other pytest sessions on this machine prune old base temp
+    # directories, and the cluster's pid files must outlive a long test.
+    root = Path(tempfile.mkdtemp(prefix="cec-cluster-test-"))
     election_without_schedule(root / "elections")
     state_dir, data_dir = root / "state", root / "data"
     metadata_db = f"cec_airflow_test_{uuid.uuid4().hex[:10]}"
@@ -150,7 +153,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, replica: ReplicaServer) ->
             redis.Redis(db=redis_db, socket_timeout=5).flushdb()
             with psycopg.connect(DEFAULT_POSTGRES, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{metadata_db}" WITH (FORCE)')
-            shutil.rmtree(state_dir / "airflow" / "logs", ignore_errors=True)
+            if not leftovers:
+                shutil.rmtree(root, ignore_errors=True)
             assert stopped.returncode == 0 and not leftovers, stopped.stderr[-2000:]
 
 
@@ -198,6 +202,7 @@ def kill_like_a_lost_machine(cluster: Cluster, name: str) -> int:
 
 @pytest.mark.airflow
 @pytest.mark.postgres
+@pytest.mark.timeout(1800)  # start-up, the run and the stop, each under its own deadline
 def test_a_run_survives_a_worker_killed_in_the_middle_of_a_crawl(cluster: Cluster) -> None:
     host_1 = cluster.worker("worker-1")["hostname"]
     host_2 = cluster.worker("worker-2")["hostname"]
