@@ -23,7 +23,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check etl dags tests bench
+	$(VENV)/bin/ruff check etl dags tests bench deploy
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
