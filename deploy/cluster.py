@@ -38,6 +38,7 @@ import logging
 import os
 import secrets
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -410,8 +411,12 @@ def start(settings: ClusterSettings) -> dict[str, Any]:
     if already:
         raise ClusterError(f"a cluster already runs from {state} ({', '.join(sorted(already))}): "
                            "stop it first (make cluster-stop)")
-    if api_health(settings.api_port) is not None:
-        raise ClusterError(f"port {settings.api_port} already serves an Airflow api-server")
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", settings.api_port))
+    except OSError as error:
+        raise ClusterError(f"port {settings.api_port} is taken ({error}): choose another "
+                           "with --api-port (make cluster CLUSTER_PORT=…)") from error
     check_redis(settings.broker_url)
     ensure_database(settings.postgres, settings.metadata_db)
     env = cluster_env(settings)
@@ -502,6 +507,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                         help="seconds to wait for the cluster to be healthy")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # A plain `kill` of a start in progress still stops what it started (see `start`).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         if args.command == "stop":
             stopped = stop(args.state_dir)
