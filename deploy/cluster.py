@@ -186,7 +186,13 @@ def cluster_secrets(state_dir: Path) -> dict[str, str]:
 def cluster_env(settings: ClusterSettings, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment (without secrets) every component, task and CLI call runs with."""
     env = dict(os.environ if base is None else base)
-    env.update(read_env_file(SHARED_SETTINGS))
+    for key, value in read_env_file(SHARED_SETTINGS).items():
+        # Airflow settings define the cluster; the pipeline's are defaults the operator's
+        # environment may override (e.g. CEC_CRAWL_BATCHES).
+        if key.startswith("CEC_"):
+            env[key] = env.get(key) or value
+        else:
+            env[key] = value
     api = f"http://127.0.0.1:{settings.api_port}"
     state = settings.state_dir.resolve()
     data_dir = Path(env.get("CEC_DATA_DIR") or state / "data").resolve()

@@ -133,6 +133,7 @@ def cluster(replica: ReplicaServer) -> Iterator[Cluster]:
             "CEC_ELECTIONS_DIR": str(root / "elections"),
             "CEC_DATA_DIR": str(data_dir),  # one directory both workers use
             "CEC_WAREHOUSE_URL": warehouse_url,
+            "CEC_CRAWL_BATCHES": "4",  # mapped crawl tasks: more than the two workers
             "CEC_CRAWL_PROCESSES": "1",
             "CEC_CONCURRENCY": "4",
         })
@@ -292,3 +293,32 @@ def test_docker_compose_uses_the_settings_of_make_cluster() -> None:
         assert not set(service.get("environment", {})) & set(shared)
     init = " ".join(str(services["airflow-init"]["command"]).split())
     assert "airflow pools set cec_warehouse 1" in init
+
+
+def test_the_cluster_environment_keeps_its_airflow_settings_and_lets_cec_defaults_yield(
+        tmp_path: Path) -> None:
+    from deploy.cluster import ClusterSettings, cluster_env
+
+    settings = ClusterSettings(state_dir=tmp_path / "state", api_port=18080, redis_db=7)
+    env = cluster_env(settings, {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                                 "CEC_CRAWL_BATCHES": "8", "CEC_HOSTNAME": "stray"})
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["CEC_CRAWL_BATCHES"] == "8"
+    assert cluster_env(settings, {})["CEC_CRAWL_BATCHES"] == read_env_file(
+        REPO / "deploy" / "cluster.env")["CEC_CRAWL_BATCHES"]
+    assert "CEC_HOSTNAME" not in env  # set per worker only
+    assert env["CEC_DATA_DIR"] == str((tmp_path / "state" / "data").resolve())
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:6379/7"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg://")
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+
+
+def test_the_hostname_callable_reads_cec_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from deploy.hostname import node_hostname
+
+    monkeypatch.setenv("CEC_HOSTNAME", "box-worker-2")
+    assert node_hostname() == "box-worker-2"
+    monkeypatch.delenv("CEC_HOSTNAME")
+    assert node_hostname() == socket.getfqdn()
