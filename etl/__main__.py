@@ -1,7 +1,8 @@
 """Command line: `python -m etl {scrape,validate,run,reprocess} …`.
 
 Exit codes (CONTRACT.md): 0 success / all published, 3 a critical quality failure
-(quarantined), 1 any other error, 2 usage error.
+(quarantined), 1 any other error, 2 usage error, 4 (`run`) another cycle of the same
+election is running, so this one did nothing.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 
 from etl import config
+from etl.identifiers import argparse_id
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_QUARANTINED = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_QUARANTINED, EXIT_BUSY = 0, 1, 2, 3, 4
 
 log = logging.getLogger("etl")
 
@@ -22,8 +24,10 @@ log = logging.getLogger("etl")
 def _add_portal_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--portal", default=None,
                         help="portal base URL (default $CEC_PORTAL_URL or the local replica)")
-    parser.add_argument("--election", required=True, help="election id, e.g. jk2021")
+    parser.add_argument("--election", required=True, type=argparse_id("election id"),
+                        help="election id, e.g. jk2021")
     parser.add_argument("--contest", action="append", dest="contests", metavar="C",
+                        type=argparse_id("contest id"),
                         help="only this contest (repeatable); default all the election lists")
     parser.add_argument("--lang", default=None, help="portal language section (default ru)")
     parser.add_argument("--raw-dir", type=Path, default=None,
@@ -91,6 +95,18 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """One full cycle under the election's lock; exit 4 if another cycle holds it."""
+    from etl import cycle
+
+    try:
+        with cycle.cycle_lock(args.election):
+            return _run_cycle(args)
+    except cycle.CycleBusyError as exc:
+        print(f"busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+
+
+def _run_cycle(args: argparse.Namespace) -> int:
     """One full cycle: detect, scrape, normalise, validate, publish, alert."""
     from etl import cycle
 
@@ -127,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for contest, state in sorted(published["statuses"].items()):
         if state["reason"]:
             print(f"  {contest}: {state['reason']}")
+    if published.get("clock_warning"):
+        print(f"  warning: {published['clock_warning']}")
     _print_alerts(sent)
     print(f"{time.perf_counter() - started:.2f}s after change detection")
     if "quarantined" in statuses.values():

@@ -6,6 +6,7 @@ from its own task. Stages hand each other paths and small dicts, never frames.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -13,8 +14,10 @@ import os
 import pickle
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from etl import config
 from etl.archive import RawArchive
 from etl.crawl import ContestCrawl, SourceSpec, contest_path, crawl_contests, election_path
 from etl.fetch import FetchedPage, FetchError, PortalClient, absolute_url, utc_now
+from etl.identifiers import InvalidIdentifierError, checked_id, checked_ids
 from etl.normalise import build_frames, read_snapshot_meta, write_snapshot
 from etl.parse import PageParseError, parse_election
 from etl.scrape import snapshot_meta
@@ -47,8 +51,42 @@ class Detection:
         return asdict(self)
 
 
+class CycleBusyError(RuntimeError):
+    """Another cycle of the same election holds the lock; this one did nothing."""
+
+
 def _state_path(election_id: str) -> Path:
-    return config.data_dir() / "state" / f"{election_id}.json"
+    return config.data_dir() / "state" / f"{checked_id(election_id, 'election id')}.json"
+
+
+@contextmanager
+def cycle_lock(election_id: str) -> Iterator[Path]:
+    """Hold `<data>/state/<election>.lock` for one cycle; `CycleBusyError` if another holds it.
+
+    An exclusive `flock`, released by the kernel when the holder exits, even on SIGKILL,
+    so a killed cycle never leaves a stale lock behind. Never waits: a second cycle of the
+    same election on a busy portal would only repeat the first one's work.
+    """
+    path = _state_path(election_id).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown holder"
+            raise CycleBusyError(
+                f"another cycle of {election_id} is running ({holder}; lock {path}): "
+                "this one did nothing"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {utc_now()}")
+        handle.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def last_completed_fingerprint(election_id: str) -> str | None:
@@ -60,14 +98,50 @@ def last_completed_fingerprint(election_id: str) -> str | None:
     return str(value) if value else None
 
 
-def mark_completed(election_id: str, fingerprint: str | None, snapshot_id: str | None) -> None:
-    """Remember that the cycle for this portal state finished (published or quarantined)."""
+def mark_completed(election_id: str, fingerprint: str | None, snapshot_id: str | None,
+                   portal_updated_at: str | None = None) -> None:
+    """Remember that the cycle for this portal state finished (published or quarantined).
+
+    The latest portal time seen is kept (never lowered), to notice a clock going backwards.
+    """
     path = _state_path(election_id)
     path.parent.mkdir(parents=True, exist_ok=True)
+    latest = latest_portal_time(election_id)
+    if portal_updated_at and (latest is None or _instant(portal_updated_at) > _instant(latest)):
+        latest = portal_updated_at
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fingerprint": fingerprint, "snapshot_id": snapshot_id,
-                               "completed_at": utc_now()}), encoding="utf-8")
+                               "completed_at": utc_now(), "latest_portal_updated_at": latest}),
+                   encoding="utf-8")
     os.replace(tmp, path)
+
+
+def latest_portal_time(election_id: str) -> str | None:
+    """The latest portal `updated` time a completed cycle of this election has seen."""
+    path = _state_path(election_id)
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text(encoding="utf-8")).get("latest_portal_updated_at")
+    return str(value) if value else None
+
+
+def clock_went_backwards(election_id: str, portal_updated_at: str | None) -> str | None:
+    """A warning when the portal's `updated` time is older than one already processed.
+
+    Such a snapshot is kept (history) but never becomes "latest": the latest_* views order
+    by the portal's time. The warning goes to the log, the summary and `cycles.jsonl`.
+    """
+    latest = latest_portal_time(election_id)
+    if not portal_updated_at or latest is None:
+        return None
+    if _instant(portal_updated_at) >= _instant(latest):
+        return None
+    return (f"portal clock went backwards: this snapshot says updated {portal_updated_at}, "
+            f"an earlier cycle saw {latest}; it is kept but does not become the latest")
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text)
 
 
 def detect_change(
@@ -81,16 +155,19 @@ def detect_change(
     *completed* cycle's, so a cycle that died half-way is retried, not skipped.
     """
     lang = lang or config.portal_lang()
+    checked_id(election_id, "election id")
     client = PortalClient(portal, RawArchive(archive_root or config.raw_dir()))
     checked_at = utc_now()
     try:
         election_page = client.fetch(election_path(lang, election_id))
         election = parse_election(election_page.body, election_page.url)
-        listed = [link.segment for link in election.contests]
+        # The portal's contest ids become directory and file names: refuse odd ones.
+        listed = checked_ids((link.segment for link in election.contests),
+                             "contest id on the election page")
         selected = [c for c in listed if not contests or c in set(contests)]
         roots: list[FetchedPage] = [client.fetch(contest_path(lang, election_id, c))
                                     for c in selected]
-    except (FetchError, PageParseError) as exc:
+    except (FetchError, PageParseError, InvalidIdentifierError) as exc:
         log.warning("portal unavailable for %s: %s", election_id, exc)
         return Detection(UNAVAILABLE, election_id, (), None, str(exc), checked_at)
     finally:
@@ -113,6 +190,9 @@ def plan_batches(contests: Sequence[str], batches: int) -> list[list[str]]:
 
 def run_dir(election_id: str, run_key: str) -> Path:
     """Staging directory of one cycle (crawled batches, then the snapshot)."""
+    checked_id(election_id, "election id")
+    if not run_key or "/" in run_key or run_key in (".", "..") or "\0" in run_key:
+        raise InvalidIdentifierError(f"run key {run_key!r} cannot name a directory")
     return config.staging_dir() / election_id / "runs" / run_key
 
 
@@ -196,8 +276,13 @@ def publish_stage(snapshot_dir: Path, warehouse_url: str, fingerprint: str | Non
 
     summary = load_snapshot(warehouse_url, snapshot_dir)
     meta = read_snapshot_meta(snapshot_dir)
-    mark_completed(meta["election_id"], fingerprint, summary.snapshot_id)
+    clock_warning = clock_went_backwards(meta["election_id"], meta["portal_updated_at"])
+    if clock_warning:
+        log.warning("snapshot %s: %s", summary.snapshot_id, clock_warning)
+    mark_completed(meta["election_id"], fingerprint, summary.snapshot_id,
+                   meta["portal_updated_at"])
     return {
+        "clock_warning": clock_warning,
         "snapshot_id": summary.snapshot_id,
         "election_id": summary.election_id,
         "portal_updated_at": meta["portal_updated_at"],
@@ -256,8 +341,9 @@ def reprocess_snapshots(
     from etl.scrape import rebuild_from_archive
     from etl.warehouse import load_snapshot
 
-    root = config.staging_dir() / election_id / "snapshots"
-    wanted = set(snapshot_ids)
+    # DAG params reach `rmtree` below: only plain identifiers are accepted.
+    root = config.staging_dir() / checked_id(election_id, "election_id") / "snapshots"
+    wanted = set(checked_ids(snapshot_ids, "snapshot id"))
     done = []
     for snapshot_dir in sorted(p for p in root.glob("*") if (p / "snapshot.json").exists()):
         if wanted and snapshot_dir.name not in wanted:
@@ -293,6 +379,7 @@ def _append_cycle_log(detection: dict[str, Any], published: dict[str, Any] | Non
         "snapshot_id": published["snapshot_id"] if published else None,
         "portal_updated_at": published["portal_updated_at"] if published else None,
         "statuses": published["statuses"] if published else {},
+        "clock_warning": published.get("clock_warning") if published else None,
         "alerts": sent,
     }
     with path.open("a", encoding="utf-8") as log_file:

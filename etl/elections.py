@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from etl.config import elections_dir
+from etl.identifiers import InvalidIdentifierError, checked_id
 from etl.seats import METHODS, SINGLE_MANDATE, THRESHOLD_BASES
 
 KINDS: tuple[str, ...] = ("party_list", SINGLE_MANDATE)
@@ -72,6 +73,7 @@ class ElectionRules:
 
 def load_election(election_id: str, directory: Path | None = None) -> ElectionRules:
     """Read `<directory>/<election_id>.toml` (directory defaults to `elections_dir()`)."""
+    checked_id(election_id, "election id")
     path = (directory or elections_dir()) / f"{election_id}.toml"
     if not path.is_file():
         raise FileNotFoundError(f"no rule file for election {election_id!r}: {path} is missing")
@@ -84,9 +86,38 @@ def load_election(election_id: str, directory: Path | None = None) -> ElectionRu
 
 
 def all_elections(directory: Path | None = None) -> tuple[ElectionRules, ...]:
-    """Every rule file in the directory, ordered by election_id."""
-    paths = sorted((directory or elections_dir()).glob("*.toml"))
-    return tuple(sorted((parse_election_file(p) for p in paths), key=lambda r: r.election_id))
+    """Every rule file in the directory, ordered by election_id; the first broken one raises."""
+    rules, broken = read_elections(directory)
+    if broken:
+        raise broken[0]
+    return rules
+
+
+def read_elections(
+    directory: Path | None = None,
+) -> tuple[tuple[ElectionRules, ...], tuple[ElectionRulesError, ...]]:
+    """Every rule file in the directory: the valid ones (by election_id) and the errors.
+
+    One broken file must not take the other elections down (the DAG file builds a DAG per
+    valid file and reports each broken one as its own import error).
+    """
+    valid: list[ElectionRules] = []
+    broken: list[ElectionRulesError] = []
+    for path in sorted((directory or elections_dir()).glob("*.toml")):
+        try:
+            valid.append(parse_election_file(path))
+        except ElectionRulesError as error:
+            broken.append(error)
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            broken.append(ElectionRulesError(f"{path}: {type(error).__name__}: {error}"))
+    ids = [r.election_id for r in valid]
+    for rules in valid:
+        if ids.count(rules.election_id) > 1:
+            broken.append(ElectionRulesError(
+                f"{rules.path}: election_id {rules.election_id!r} is declared by "
+                f"{ids.count(rules.election_id)} rule files"))
+    valid = [r for r in valid if ids.count(r.election_id) == 1]
+    return tuple(sorted(valid, key=lambda r: r.election_id)), tuple(broken)
 
 
 def parse_election_file(path: Path) -> ElectionRules:
@@ -97,6 +128,10 @@ def parse_election_file(path: Path) -> ElectionRules:
     except tomllib.TOMLDecodeError as error:
         raise ElectionRulesError(f"{path}: not valid TOML: {error}") from error
     election_id = _required(document, "election_id", str, path)
+    try:
+        checked_id(election_id, "election_id")
+    except InvalidIdentifierError as error:
+        raise ElectionRulesError(f"{path}: {error}") from error
     contests = {
         contest_id: _contest_rules(section, f"contests.{contest_id}", path)
         for contest_id, section in _table(document, "contests", path).items()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from etl.alerts.book import (
     AlertBook,
+    AlertLogError,
     DeliveryFailure,
     DispatchResult,
     Scope,
@@ -32,6 +33,7 @@ __all__ = [
     "Alert",
     "AlertBook",
     "AlertDeliveryError",
+    "AlertLogError",
     "AlertKind",
     "Channel",
     "DeliveryFailure",

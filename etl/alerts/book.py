@@ -29,12 +29,18 @@ from etl.alerts.build import (
     resolved_alert,
 )
 from etl.alerts.channels import Channel, configured_channels
-from etl.alerts.model import Alert
-from etl.alerts.settings import alert_state_file
+from etl.alerts.model import Alert, alert_from_record
+from etl.alerts.settings import alert_after_channel_failed_runs, alert_state_file
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+# The JSON-lines channel's name: the record nothing else replaces, so its failure fails the run.
+ALERT_LOG_CHANNEL = "jsonl"
+
+
+class AlertLogError(RuntimeError):
+    """The JSON-lines alert log could not be written: the run must fail, loudly."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,8 @@ class AlertBook:
     ) -> DispatchResult:
         """Send new problems, hold back open ones, resolve what `scope` no longer sees."""
         with self._transaction() as state:
-            return _dispatch(state, alerts, scope, channels)
+            result = _dispatch(state, alerts, scope, channels)
+        return _log_written(result)
 
     def record_run_outcome(self, election_id: str, ok: bool) -> int:
         """Count a run; returns the failed runs in a row (0 after a good run)."""
@@ -131,7 +138,8 @@ class AlertBook:
         scope = Scope.for_snapshot(snapshot_meta, contest_statuses, report_path)
         with self._transaction() as state:
             _count_run(state, scope.election_id, ok=True)
-            return _dispatch(state, alerts, scope, channels)
+            result = _dispatch(state, alerts, scope, channels)
+        return _log_written(result)
 
     def run_failed(
         self,
@@ -147,13 +155,20 @@ class AlertBook:
             alerts = alerts_for_pipeline_failure(
                 election_id, reason, failures, portal_updated_at=portal_updated_at
             )
-            return _dispatch(state, alerts, Scope(election_id), channels)
+            result = _dispatch(state, alerts, Scope(election_id), channels)
+        return _log_written(result)
 
     def portal_unchanged(self, election_id: str, channels: Sequence[Channel]) -> DispatchResult:
         """A run found the portal up and unchanged: the streak ends, a pipeline alert resolves."""
         with self._transaction() as state:
             _count_run(state, election_id, ok=True)
-            return _dispatch(state, [], Scope(election_id, run_ok=True), channels)
+            result = _dispatch(state, [], Scope(election_id, run_ok=True), channels)
+        return _log_written(result)
+
+    def undelivered(self) -> dict[str, list[dict[str, Any]]]:
+        """Alerts a channel has not taken yet, by channel: retried on the next dispatch."""
+        with self._transaction(write=False) as state:
+            return {name: list(queue) for name, queue in state.get("undelivered", {}).items()}
 
     def open_problems(self) -> dict[str, dict[str, Any]]:
         """The open problems by slot, as last alerted."""
@@ -258,21 +273,18 @@ def alert_on_unchanged_portal(
     return AlertBook(state_path).portal_unchanged(election_id, _channels(channels))
 
 
-def _deliver(alert: Alert, channels: Sequence[Channel]) -> list[DeliveryFailure]:
-    """Send one alert to every channel in order; a failing channel is logged and skipped."""
-    failures: list[DeliveryFailure] = []
-    for channel in channels:
-        try:
-            channel.send(alert)
-        except Exception as exc:  # one broken channel must not silence the others
-            reason = f"{type(exc).__name__}: {exc}"
-            logger.error(
-                "alert %s (%s) NOT delivered to %s: %s", alert.dedupe_key, alert.title, channel.name, reason
-            )
-            failures.append(DeliveryFailure(channel.name, alert.dedupe_key, reason))
-        else:
-            logger.info("alert %s sent to %s", alert.dedupe_key, channel.name)
-    return failures
+def _deliver(alert: Alert, channel: Channel) -> DeliveryFailure | None:
+    """Send one alert to one channel; a failure is logged and returned, never raised."""
+    try:
+        channel.send(alert)
+    except Exception as exc:  # one broken channel must not silence the others
+        reason = f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "alert %s (%s) NOT delivered to %s: %s", alert.dedupe_key, alert.title, channel.name, reason
+        )
+        return DeliveryFailure(channel.name, alert.dedupe_key, reason)
+    logger.info("alert %s sent to %s", alert.dedupe_key, channel.name)
+    return None
 
 
 def _channels(channels: Sequence[Channel] | None) -> Sequence[Channel]:
@@ -319,14 +331,109 @@ def _dispatch(
             del open_problems[slot]
     sent_at = datetime.now(UTC)
     to_send = [*new.values(), *resolved]
-    failures = [failure for alert in to_send for failure in _deliver(alert, channels)]
-    # Recorded even where a channel failed: the JSON-lines log has it, and re-sending on
-    # every run would turn one outage into an alert storm on the channels that work.
+    queues: dict[str, list[dict[str, Any]]] = state.setdefault("undelivered", {})
+    # What a channel did not take on an earlier run goes first, in order; a channel
+    # that still fails keeps its queue, and this run's alerts join the end of it.
+    tried = {c.name for c in channels if queues.get(c.name)}
+    failures = _retry_undelivered(queues, channels)
+    for alert in to_send:
+        for channel in channels:
+            queue = queues.get(channel.name)
+            if queue:  # the channel failed this run already: keep the order, do not wait again
+                queue.append(alert.to_record(sent_at))
+                continue
+            tried.add(channel.name)
+            failure = _deliver(alert, channel)
+            if failure is not None:
+                failures.append(failure)
+                queues.setdefault(channel.name, []).append(alert.to_record(sent_at))
+    # Recorded even where a channel failed: the queue above re-sends it to that channel
+    # only, so one outage does not become an alert storm on the channels that work.
     for alert in new.values():
         open_problems[alert.problem_key] = alert.to_record(sent_at)
+    failing = {f.channel for f in failures}
+    failures += _channel_streaks(state, scope, channels, tried, failing, sent_at)
+    for name in [n for n, queue in queues.items() if not queue]:
+        del queues[name]
     logger.info(
-        "alerts for %s (snapshot %s): %d new, %d resolved, %d already sent, %d delivery failures",
+        "alerts for %s (snapshot %s): %d new, %d resolved, %d already sent, %d delivery "
+        "failures, %d waiting for a retry",
         scope.election_id, scope.snapshot_id or "-", len(new), len(resolved), len(suppressed),
-        len(failures),
+        len(failures), sum(len(q) for q in queues.values()),
     )
     return DispatchResult(tuple(to_send), tuple(suppressed), tuple(failures))
+
+
+def _retry_undelivered(
+    queues: dict[str, list[dict[str, Any]]], channels: Sequence[Channel]
+) -> list[DeliveryFailure]:
+    """Re-send each channel's queue in order; stop at a channel's first failure."""
+    failures: list[DeliveryFailure] = []
+    for channel in channels:
+        queue = queues.get(channel.name) or []
+        while queue:
+            alert = alert_from_record(queue[0])
+            failure = _deliver(alert, channel)
+            if failure is not None:
+                failures.append(failure)
+                break
+            logger.info("alert %s re-delivered to %s", alert.dedupe_key, channel.name)
+            queue.pop(0)
+    configured = {c.name for c in channels}
+    for name, queue in queues.items():
+        if queue and name not in configured:
+            logger.error("%d alert(s) for channel %s wait for delivery but the channel is no "
+                         "longer configured", len(queue), name)
+    return failures
+
+
+def _channel_streaks(
+    state: dict[str, Any], scope: Scope, channels: Sequence[Channel], tried: set[str],
+    failing: set[str], sent_at: datetime,
+) -> list[DeliveryFailure]:
+    """Count each channel's failed runs in a row; at the threshold, tell the other channels."""
+    streaks: dict[str, dict[str, Any]] = state.setdefault("channels", {})
+    threshold = alert_after_channel_failed_runs()
+    failures: list[DeliveryFailure] = []
+    for name in sorted(tried):
+        streak = streaks.setdefault(name, {"consecutive_failed_runs": 0, "alerted": False})
+        if name not in failing:
+            if streak["consecutive_failed_runs"]:
+                logger.info("alert channel %s delivers again after %d failed run(s)", name,
+                            streak["consecutive_failed_runs"])
+            streak.update(consecutive_failed_runs=0, alerted=False)
+            continue
+        streak["consecutive_failed_runs"] += 1
+        runs = streak["consecutive_failed_runs"]
+        if runs < threshold or streak["alerted"]:
+            continue
+        others = [c for c in channels if c.name != name and c.name not in failing]
+        waiting = len(state["undelivered"].get(name, []))
+        alert = Alert(
+            kind="pipeline_failed", severity="critical", election_id=scope.election_id,
+            contest_id=None, checks=(f"channel:{name}",), snapshot_id=scope.snapshot_id,
+            portal_updated_at=scope.portal_updated_at,
+            title=f"ALERT CHANNEL DOWN {name}: {runs} runs in a row without delivering",
+            message=(f"The alert channel {name} failed on {runs} runs in a row; {waiting} "
+                     "alert(s) wait for it and are retried on every run. Check its "
+                     "connection or endpoint."),
+        )
+        logger.error("%s", alert.title)
+        for channel in others:
+            failure = _deliver(alert, channel)
+            if failure is not None:
+                failures.append(failure)
+        streak["alerted"] = bool(others)
+        streak["alerted_at"] = sent_at.isoformat(timespec="seconds")
+    return failures
+
+
+def _log_written(result: DispatchResult) -> DispatchResult:
+    """Raise `AlertLogError` if the JSON-lines log missed an alert (after the state is saved)."""
+    missed = [f for f in result.failures if f.channel == ALERT_LOG_CHANNEL]
+    if missed:
+        raise AlertLogError(
+            f"the JSON-lines alert log could not be written ({missed[0].reason}); "
+            f"{len(missed)} alert(s) are queued and retried on the next run"
+        )
+    return result

@@ -202,15 +202,17 @@ def configured_channels() -> list[Channel]:
 
 def slack_text(alert: Alert) -> str:
     """Slack mrkdwn: headline, where and when, a few failing rows, the report's path."""
-    facts = [f"election `{alert.election_id}`"]
+    # Every value may come from the portal: each is escaped, none can open a link or
+    # a mention (`<!channel>`, `<http://…|…>`) in the reader's Slack.
+    facts = [f"election `{_mrkdwn(alert.election_id)}`"]
     if alert.contest_id:
-        facts.append(f"contest `{alert.contest_id}`")
+        facts.append(f"contest `{_mrkdwn(alert.contest_id)}`")
     if alert.checks:
-        facts.append(f"checks {', '.join(alert.checks)}")
+        facts.append(f"checks {_mrkdwn(', '.join(alert.checks))}")
     if alert.portal_updated_at:
-        facts.append(f"portal updated {alert.portal_updated_at}")
+        facts.append(f"portal updated {_mrkdwn(alert.portal_updated_at)}")
     if alert.snapshot_id:
-        facts.append(f"snapshot `{alert.snapshot_id}`")
+        facts.append(f"snapshot `{_mrkdwn(alert.snapshot_id)}`")
     lines = [f"{_SLACK_EMOJI[alert.kind]} *{_mrkdwn(alert.title)}*", " · ".join(facts)]
     if alert.details:
         lines += [f"• {_mrkdwn(d)}" for d in alert.details[:SLACK_DETAIL_LINES]]

@@ -70,6 +70,24 @@ class Alert:
         }
 
 
+def alert_from_record(record: dict[str, object]) -> Alert:
+    """The alert an `Alert.to_record` object describes (undelivered alerts are kept so)."""
+    return Alert(
+        kind=record["kind"],  # type: ignore[arg-type]
+        severity=record["severity"],  # type: ignore[arg-type]
+        election_id=str(record["election_id"]),
+        contest_id=None if record.get("contest_id") is None else str(record["contest_id"]),
+        checks=tuple(str(c) for c in record.get("checks") or ()),  # type: ignore[attr-defined]
+        snapshot_id=None if record.get("snapshot_id") is None else str(record["snapshot_id"]),
+        portal_updated_at=(None if record.get("portal_updated_at") is None
+                           else str(record["portal_updated_at"])),
+        title=str(record["title"]),
+        message=str(record["message"]),
+        details=tuple(str(d) for d in record.get("details") or ()),  # type: ignore[attr-defined]
+        report_path=None if record.get("report_path") is None else str(record["report_path"]),
+    )
+
+
 def capped(lines: list[str], limit: int = MAX_DETAIL_LINES) -> tuple[str, ...]:
     """At most `limit` lines, then one line saying how many were left out."""
     if len(lines) <= limit:

@@ -23,6 +23,14 @@ def alert_after_failed_runs() -> int:
     return runs
 
 
+def alert_after_channel_failed_runs() -> int:
+    """Runs in a row a channel fails before the others are told (`CEC_ALERT_CHANNEL_FAILED_RUNS`, default 3)."""
+    runs = int(env("CEC_ALERT_CHANNEL_FAILED_RUNS", "3"))
+    if runs < 1:
+        raise ValueError(f"CEC_ALERT_CHANNEL_FAILED_RUNS must be 1 or more, got {runs}")
+    return runs
+
+
 def webhook_url() -> str | None:
     """Generic JSON webhook (`CEC_ALERT_WEBHOOK_URL`, default: off)."""
     return env("CEC_ALERT_WEBHOOK_URL", "") or None
