@@ -102,9 +102,10 @@ def test_queued_alerts_keep_their_order_while_a_channel_is_down(
     assert [r["contest_id"] for r in AlertBook().undelivered()["webhook"]] == ["list", "okrug-7"]
     webhook.status = 200
     alert_on_failed_run("jk2021", "portal timed out")
-    # Run 1 tried `list` and failed; run 2 did not wait on the dead channel again; run 3
-    # delivered the queue in order, then its own pipeline alert.
-    assert [p.json()["contest_id"] for p in webhook.posts()] == ["list", "list", "okrug-7", None]
+    # Run 1 tried `list`; run 2 retried it, failed, and queued `okrug-7` without trying it
+    # on the dead channel; run 3 delivered the queue in order, then its own alert.
+    assert [p.json()["contest_id"] for p in webhook.posts()] == [
+        "list", "list", "list", "okrug-7", None]
     assert AlertBook().undelivered() == {}
 
 
