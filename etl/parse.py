@@ -479,7 +479,7 @@ def _protocol_rows(table: Tag) -> list[tuple[str, str, str]]:
         if name is not None:
             found.append((name, label.strip(), value))
         else:
-            logger.debug("protocol row not recognised: %r", label.strip())
+            logger.warning("protocol row not recognised: %r", label.strip())
     return found
 
 

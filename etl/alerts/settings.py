@@ -24,7 +24,7 @@ def alert_after_failed_runs() -> int:
 
 
 def alert_after_channel_failed_runs() -> int:
-    """Runs in a row a channel fails before the others are told (`CEC_ALERT_CHANNEL_FAILED_RUNS`, default 3)."""
+    """Failed runs in a row of one channel before the others are told (`CEC_ALERT_CHANNEL_FAILED_RUNS`, 3)."""
     runs = int(env("CEC_ALERT_CHANNEL_FAILED_RUNS", "3"))
     if runs < 1:
         raise ValueError(f"CEC_ALERT_CHANNEL_FAILED_RUNS must be 1 or more, got {runs}")

@@ -42,9 +42,10 @@ CHECKS: tuple[Check, ...] = (
         "critical",
         "missing shares",
         "Every ballot line of the contest (as its root page lists them) has a row with "
-        "votes and a percentage in every division with counted protocols.",
+        "votes and a percentage in every division with counted protocols; every division "
+        "states its protocols processed (N of M), so none is taken as uncounted by mistake.",
         one_failure_per_row=True,
-        unit="division × line cells",
+        unit="divisions and division × line cells",
     ),
     Check(
         "C3",

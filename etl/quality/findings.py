@@ -343,9 +343,29 @@ def _w4_swing(rows: pd.DataFrame, _: Mapping[str, Any], config: QualityConfig) -
     return observed, expected, detail
 
 
+def _c2_protocols_known(
+    rows: pd.DataFrame, _: Mapping[str, Any], config: QualityConfig
+) -> Texts:
+    observed, expected, detail = [], [], []
+    figures = ("registered", "ballots_cast", "valid", "invalid")
+    for row in rows.itertuples(index=False):
+        found = [FIGURE_LABELS[f] for f in figures if not _missing(getattr(row, f, None))]
+        observed.append("missing")
+        expected.append("protocols counted N of M")
+        detail.append(
+            "no \"protocols processed\" figure on the page, so whether the division is "
+            "counted is unknown and its results cannot be checked for missing shares; the "
+            "portal may have renamed the row (see the WARNING 'protocol row not recognised' "
+            "in the crawl log); other protocol figures found: "
+            + (", ".join(found) if found else "none (no protocol row was recognised)")
+        )
+    return observed, expected, detail
+
+
 FORMATTERS: dict[str, Formatter] = {
     "pct_sum_within_limit": _c1_pct_sum,
     "line_present": _c2_line_present,
+    "protocols_known": _c2_protocols_known,
     "lines_plus_invalid_equal_cast": _c3_identity,
     "valid_plus_invalid_equal_cast": _c3_identity,
     "lines_equal_valid": _c3_identity,
@@ -444,8 +464,14 @@ def summary_rows(
     checked: Mapping[tuple[str, str], int],
     contests: Iterable[str | None],
     skipped: Mapping[tuple[str, str | None], str],
+    to_check: Mapping[tuple[str, str], tuple[int, str]] | None = None,
 ) -> pd.DataFrame:
-    """One row per (check, contest): success, the number of failures, and what was checked."""
+    """One row per (check, contest): success, the number of failures, and what was checked.
+
+    A check that checked nothing never passes: it fails where `to_check` says the contest
+    has rows it should have looked at, and is reported as skipped otherwise.
+    """
+    to_check = to_check or {}
     counts = (
         failures.groupby(["check_id", "contest_id"], dropna=False).size().to_dict()
         if len(failures)
@@ -458,7 +484,21 @@ def summary_rows(
             n_checked = checked.get((check.check_id, str(contest)), 0)
             reason = skipped.get((check.check_id, contest))
             where = contest if contest is not None else "(election)"
-            if reason is not None and n_failed == 0:
+            expected = "0"
+            n_rows, what = to_check.get((check.check_id, str(contest)), (0, ""))
+            if reason is None and n_failed == 0 and n_checked == 0 and n_rows:
+                n_failed = 1
+                observed, expected = "0 checked", f"{n_rows} {what}"
+                message = (
+                    f"{check.check_id} {check.title}, {where}: nothing checked although the "
+                    f"contest has {n_rows} {what}: the check did not run on them (a renamed "
+                    "column or an emptied derived frame?); silence is not success"
+                )
+            elif reason is None and n_failed == 0 and n_checked == 0:
+                observed = "skipped"
+                message = (f"{check.check_id} {check.title}, {where}: not checked: nothing to "
+                           "check in this snapshot")
+            elif reason is not None and n_failed == 0:
                 observed, message = "skipped", f"{check.check_id} {check.title}, {where}: {reason}"
             elif n_failed:
                 observed = str(n_failed)
@@ -480,7 +520,7 @@ def summary_rows(
                     "division_id": None,
                     "choice_position": None,
                     "observed": observed,
-                    "expected": "0",
+                    "expected": expected,
                     "message": message,
                 }
             )

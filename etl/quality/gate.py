@@ -87,19 +87,12 @@ def run_checks(
     )
 
     frames = derived_frames(divisions, turnout, results, snapshot_meta, before, settings)
-    unknown = set(runner.specs) - set(CURRENT_FRAMES) - set(PREVIOUS_FRAMES)
-    if unknown:
-        raise SuiteError(
-            f"suites {sorted(unknown)} in {expectations_dir} validate no derived frame "
-            f"(known: {', '.join(CURRENT_FRAMES + PREVIOUS_FRAMES)})"
-        )
+    _check_suites_complete(runner.specs, expectations_dir)
     names = DivisionNames.from_divisions(divisions)
     parameters = settings.suite_parameters()
     checked: dict[tuple[str, str], int] = {}
     found: list[pd.DataFrame] = []
     for suite, frame in frames.items():
-        if suite not in runner.specs:
-            continue
         per_contest = frame["contest_id"].value_counts(dropna=True).to_dict()
         reported: dict[str, set[int]] = {}
         counted_checks: set[str] = set()
@@ -127,7 +120,8 @@ def run_checks(
     )
     contests = _contests(snapshot_meta, divisions, turnout, results, failures["contest_id"])
     summaries = summary_rows(
-        failures, checked, contests, _skip_reasons(snapshot_meta, contests, before)
+        failures, checked, contests, _skip_reasons(snapshot_meta, contests, before),
+        to_check=rows_to_check(divisions, turnout, results),
     )
     order = {check.check_id: i for i, check in enumerate(CHECKS)}
     failures = failures.assign(_order=failures["check_id"].map(order)).sort_values(
@@ -220,6 +214,76 @@ def write_dq_results(dq_results: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     dq_results.to_parquet(tmp, index=False)
     os.replace(tmp, path)
+
+
+def _check_suites_complete(specs: dict[str, Any], expectations_dir: Path) -> None:
+    """Every derived frame has its suite and every check an expectation, or nothing runs.
+
+    A suite file that is missing (or a check no suite names) would otherwise make its
+    checks report success on nothing checked.
+    """
+    known = set(CURRENT_FRAMES) | set(PREVIOUS_FRAMES)
+    unknown = set(specs) - known
+    if unknown:
+        raise SuiteError(
+            f"suites {sorted(unknown)} in {expectations_dir} validate no derived frame "
+            f"(known: {', '.join(CURRENT_FRAMES + PREVIOUS_FRAMES)})"
+        )
+    missing = sorted(known - set(specs))
+    if missing:
+        raise SuiteError(
+            f"no suite file {', '.join(f'{name}.json' for name in missing)} in "
+            f"{expectations_dir}: the checks it holds would silently not run"
+        )
+    named = {
+        str((expectation.get("meta") or {}).get("check_id"))
+        for spec in specs.values()
+        for expectation in spec.body.get("expectations", [])
+    }
+    unchecked = [check.check_id for check in CHECKS if check.check_id not in named]
+    if unchecked:
+        raise SuiteError(
+            f"checks {', '.join(unchecked)} have no expectation in any suite under "
+            f"{expectations_dir}: they would report success without running"
+        )
+
+
+def rows_to_check(
+    divisions: pd.DataFrame, turnout: pd.DataFrame, results: pd.DataFrame
+) -> dict[tuple[str, str], tuple[int, str]]:
+    """Per (check, contest): how many source rows the check must look at, and what they are.
+
+    A check that checked nothing where this is above zero failed to run (a renamed column,
+    a derived frame emptied by a parser change): that is a failure, never "passed on 0".
+    W1, W2 and W4 compare pairs that may legitimately not exist yet (nothing fully
+    counted, a first snapshot); they are reported as skipped, never as passed.
+    """
+    by_contest = {
+        "divisions": divisions["contest_id"].value_counts().to_dict(),
+        "turnout": turnout["contest_id"].value_counts().to_dict(),
+        "results": results["contest_id"].value_counts().to_dict(),
+        "voted": results.loc[results["votes"].fillna(0) > 0]
+        .drop_duplicates(["contest_id", "division_id"])["contest_id"].value_counts().to_dict(),
+        "voted_rows": results.loc[results["votes"].fillna(0) > 0, "contest_id"]
+        .value_counts().to_dict(),
+    }
+    population = {
+        "C1": (("voted",), "divisions with votes"),
+        "C2": (("turnout",), "divisions"),
+        "C3": (("turnout",), "divisions"),
+        "C4": (("voted_rows",), "result rows with votes"),
+        "C5": (("turnout", "results"), "turnout and result rows"),
+        "C6": (("turnout", "results"), "turnout and result rows"),
+        "W3": (("divisions",), "divisions"),
+    }
+    contests = set().union(*(counts.keys() for counts in by_contest.values()))
+    return {
+        (check_id, str(contest)): (
+            sum(int(by_contest[source].get(contest, 0)) for source in sources), what
+        )
+        for check_id, (sources, what) in population.items()
+        for contest in contests
+    }
 
 
 def _conform(

@@ -24,6 +24,7 @@ from etl.normalise import (
     read_snapshot_frames,
     read_snapshot_meta,
 )
+from etl.quality.audit import unaudited_contests
 from etl.quality.gate import DQ_RESULTS_FILE
 from etl.seats import SINGLE_MANDATE, ContestLine, allocate_contest
 
@@ -232,6 +233,7 @@ def contest_statuses(
     critical = dq[(dq["severity"] == "critical") & ~dq["success"].astype(bool)]
     snapshot_wide = _count_checks(critical[critical["contest_id"].isna()])
     roots = divisions[divisions["parent_id"].isna()].groupby("contest_id").size()
+    unaudited = unaudited_contests(dq, contests)  # every configured check ran, or held
     statuses = []
     for contest_id in contests:
         failed_checks = _count_checks(critical[critical["contest_id"] == contest_id])
@@ -245,6 +247,8 @@ def contest_statuses(
             statuses.append(
                 ContestStatus(contest_id, QUARANTINED, f"critical checks failed: {listing}")
             )
+        elif contest_id in unaudited:
+            statuses.append(ContestStatus(contest_id, QUARANTINED, unaudited[contest_id]))
         elif root_count == 0:
             statuses.append(ContestStatus(contest_id, FAILED, _no_root_reason(manifest, contest_id)))
         elif root_count > 1:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from etl import schema
+from etl.quality.catalog import CHECKS
 
 # FACTS.md, preliminary count of 28 November: ballot number -> (name, % of ballots cast).
 PARTIES: dict[int, tuple[str, float]] = {
@@ -147,8 +148,7 @@ def synthetic_snapshot(
              "choice_position": None, "observed": "0", "expected": "0",
              "message": f"{check}: no finding"}
             for contest_id in contest_ids
-            for check, severity in (("votes_add_up", "critical"), ("turnout_le_100", "critical"),
-                                    ("pct_matches", "warning"))
+            for check, severity in ((c.check_id, c.severity) for c in CHECKS)
         ],
         columns=list(schema.DQ_RESULTS),
     )
