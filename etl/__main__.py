@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from etl import config
 from etl.identifiers import argparse_id
@@ -123,15 +124,15 @@ def _run_cycle(args: argparse.Namespace) -> int:
         print("portal unchanged since the last completed cycle: nothing to do")
         return EXIT_OK
     started = time.perf_counter()
-    batch = cycle.crawl_batch(
-        portal, args.election, detection.contests,
-        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.pickle",
-        lang=args.lang, processes=args.processes, concurrency=args.concurrency,
-        archive_root=args.raw_dir)
-    snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
-                                           lang=args.lang, archive_root=args.raw_dir)
-    cycle.validate_stage(snapshot_dir, warehouse)
-    published = cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
+    try:
+        published = _crawl_to_publish(args, detection, portal, warehouse)
+    except Exception as exc:
+        # The person on call hears of it (after CEC_ALERT_AFTER_FAILED_RUNS runs), as from
+        # the DAG's alert task; a staged snapshot stays for the next run to publish.
+        log.exception("cycle of %s failed after the portal changed", args.election)
+        print(f"error: the cycle failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _print_alerts(cycle.alert_stage(detection.to_dict(), None))
+        return EXIT_ERROR
     sent = cycle.alert_stage(detection.to_dict(), published)
     statuses = {c: s["status"] for c, s in published["statuses"].items()}
     print(f"snapshot {published['snapshot_id']} (portal updated {published['portal_updated_at']})"
@@ -152,6 +153,22 @@ def _run_cycle(args: argparse.Namespace) -> int:
     if "failed" in statuses.values():
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
+                      warehouse: str) -> dict[str, Any]:
+    """Crawl, assemble, validate and publish; the published summary."""
+    from etl import cycle
+
+    batch = cycle.crawl_batch(
+        portal, args.election, detection.contests,
+        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.pickle",
+        lang=args.lang, processes=args.processes, concurrency=args.concurrency,
+        archive_root=args.raw_dir)
+    snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
+                                           lang=args.lang, archive_root=args.raw_dir)
+    cycle.validate_stage(snapshot_dir, warehouse)
+    return cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
 
 
 def _print_alerts(sent: list[dict[str, object]]) -> None:

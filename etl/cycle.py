@@ -279,9 +279,11 @@ def publish_stage(snapshot_dir: Path, warehouse_url: str, fingerprint: str | Non
     clock_warning = clock_went_backwards(meta["election_id"], meta["portal_updated_at"])
     if clock_warning:
         log.warning("snapshot %s: %s", summary.snapshot_id, clock_warning)
-    mark_completed(meta["election_id"], fingerprint, summary.snapshot_id,
-                   meta["portal_updated_at"])
+    # The cycle is marked completed by the alert stage, once its alerts are out: a cycle
+    # killed between publishing and alerting is re-run (the load is idempotent, the
+    # alert book sends each problem once), so no alert is lost.
     return {
+        "fingerprint": fingerprint,
         "clock_warning": clock_warning,
         "snapshot_id": summary.snapshot_id,
         "election_id": summary.election_id,
@@ -319,6 +321,9 @@ def alert_stage(detection: dict[str, Any], published: dict[str, Any] | None) -> 
     sent = [{"kind": a.kind, "severity": a.severity, "contest_id": a.contest_id,
              "checks": list(a.checks), "title": a.title} for a in result.sent]
     _append_cycle_log(detection, published, sent)
+    if published is not None:
+        mark_completed(election_id, published.get("fingerprint", detection["fingerprint"]),
+                       published["snapshot_id"], published["portal_updated_at"])
     return sent
 
 
