@@ -7,16 +7,20 @@ log line or staged files; nothing in `etl/` knows about tests), Airflow's DagBag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -170,6 +174,53 @@ def test_two_cycles_of_one_election_at_once(
     assert [(a["kind"], a["contest_id"]) for a in alerts(data)] == reference["alerts"]
 
 
+class TcpProxy:
+    """A loopback TCP forwarder to PostgreSQL that the test can take down: the warehouse
+    going away mid-cycle, with the real server and the real driver on both sides."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.open: list[socket.socket] = []
+        self.up = True
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while self.up:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target, timeout=10)
+            self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def down(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        self.up = False
+        self.listener.close()
+        for connection in self.open:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+        self.thread.join(timeout=10)
+
+
 def test_warehouse_down_at_publish_keeps_the_snapshot_staged_for_the_next_run(
     replica: ReplicaServer, reference: dict[str, Any], tmp_path: Path,
     postgres_database_url: str,
@@ -177,15 +228,28 @@ def test_warehouse_down_at_publish_keeps_the_snapshot_staged_for_the_next_run(
     from snapshot_factory import postgres_schema_url
 
     data = tmp_path / "data"
-    down = f"postgresql://postgres@127.0.0.1:{free_port()}/cec_nowhere"
-    failed = etl_run(replica.base_url, down, data)
-    assert failed.returncode == 1, failed.stdout + failed.stderr
-    assert "the cycle failed" in failed.stderr
+    warehouse = postgres_schema_url(postgres_database_url)
+    parts = urlsplit(warehouse)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    user = f"{parts.username}@" if parts.username else ""
+    through_proxy = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+    cycle = RunningCycle(replica.base_url, through_proxy, data)
+    # Validation read the previous snapshot through the proxy; once its results are
+    # written the process is paused, the warehouse goes away, and publishing meets it down.
+    cycle.wait_for(_staged(data, "snapshots/*/dq_results.parquet"), "the validated snapshot")
+    cycle.process.send_signal(signal.SIGSTOP)
+    proxy.down()
+    cycle.process.send_signal(signal.SIGCONT)
+    assert cycle.finish() == 1, cycle.log.read_text()[-3000:]
+    assert "the cycle failed" in cycle.log.read_text()
     [staged] = list((data / "staging" / "jk2021" / "snapshots").glob("jk2021-*"))
     assert (staged / "dq_results.parquet").exists()
     assert [a["kind"] for a in alerts(data)] == ["pipeline_failed"]
+    loaded = rows(warehouse, "SELECT count(*) FROM information_schema.tables WHERE table_name "
+                             "= 'snapshots' AND table_schema = current_schema()")
+    if loaded == [(1,)]:  # migrated during validation: nothing may be half-loaded
+        assert rows(warehouse, "SELECT count(*) FROM snapshots") == [(0,)]
 
-    warehouse = postgres_schema_url(postgres_database_url)
     published = etl_run(replica.base_url, warehouse, data)
     assert published.returncode == 3, published.stdout + published.stderr
     state = warehouse_state(warehouse)
@@ -244,7 +308,7 @@ def test_one_broken_election_file_fails_only_its_own_dag(
                                            encoding="utf-8")
     monkeypatch.setenv("CEC_ELECTIONS_DIR", str(elections))
 
-    dagbag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    dagbag = DagBag(dag_folder=str(REPO / "dags"))
     assert {"cec_results__jk2021", "cec_results__jk2026", "cec_reprocess",
             "cec_example_consumer__jk2021"} == set(dagbag.dag_ids)
     [(where, error)] = dagbag.import_errors.items()
