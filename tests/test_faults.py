@@ -213,6 +213,10 @@ class TcpProxy:
     def down(self) -> None:
         """Refuse new connections and cut the open ones."""
         self.up = False
+        # shutdown() first: close() alone does not wake a thread blocked in accept(), and
+        # the socket would keep listening until it returns.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for connection in self.open:
             with contextlib.suppress(OSError):
