@@ -1,4 +1,4 @@
-"""Command line: `python -m etl {scrape,validate,run,reprocess} …`.
+"""Command line: `python -m etl {scrape,validate,run,reprocess,report} …`.
 
 Exit codes (CONTRACT.md): 0 success / all published, 3 a critical quality failure
 (quarantined), 1 any other error, 2 usage error, 4 (`run`) another cycle of the same
@@ -171,6 +171,17 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     return cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write or refresh the election-night report site; print the night index's path."""
+    from etl.report import build_report
+
+    summary = build_report(args.election, args.out, snapshot_id=args.snapshot,
+                           warehouse_url=args.warehouse)
+    print(f"{summary.runs} runs, {len(summary.pages_written)} snapshot pages written")
+    print(f"night index: {summary.index}")
+    return EXIT_OK
+
+
 def _print_alerts(sent: list[dict[str, object]]) -> None:
     for alert in sent:
         print(f"  alert [{alert['severity']}] {alert['title']}")
@@ -204,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--out", type=Path, required=True, help="snapshot directory to write")
     reprocess.add_argument("--raw-dir", type=Path, default=None, help="raw archive")
     reprocess.set_defaults(func=cmd_reprocess)
+
+    report = sub.add_parser("report", help="write the election-night report site")
+    report.add_argument("--election", required=True, help="election id, e.g. jk2021")
+    report.add_argument("--snapshot", default=None, help="(re)build this snapshot's page too")
+    report.add_argument("--out", type=Path, default=None,
+                        help="site directory (default <report dir>/<election>)")
+    report.add_argument("--warehouse", default=None,
+                        help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
