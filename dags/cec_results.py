@@ -5,7 +5,8 @@ dicts through XCom, never frames. Nothing here touches the network, a database o
 Airflow Variable at parse time, and nothing heavy is imported at module level.
 
 detect_change → plan_crawl → crawl (mapped, one per batch of contests) → assemble →
-validate → publish → announce (Asset event) ; alert runs whatever happened upstream.
+validate → publish → announce (Asset event) ; alert runs whatever happened upstream, then
+report refreshes the election-night site (every run is a row of its night index).
 """
 
 from __future__ import annotations
@@ -133,11 +134,19 @@ def build_election_dag(rules: ElectionRules) -> Any:
             published = context["ti"].xcom_pull(task_ids="publish")
             return alert_stage(detection, published)
 
+        @task(trigger_rule="all_done")
+        def report(**context: Any) -> str:
+            from etl.report import build_report
+
+            published = context["ti"].xcom_pull(task_ids="publish")
+            snapshot_id = published["snapshot_id"] if published else None
+            return str(build_report(election_id, snapshot_id=snapshot_id).index)
+
         detection = detect_change()
         staged = crawl.expand(contests=plan_crawl(detection))
         published = publish(validate(assemble(detection, staged)), detection)
         announce(published)
-        published >> alert(detection)
+        published >> alert(detection) >> report()
 
     return election_night()
 

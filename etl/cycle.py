@@ -300,7 +300,7 @@ def alert_stage(detection: dict[str, Any], published: dict[str, Any] | None) -> 
     import pandas as pd
 
     from etl.alerts import alert_on_failed_run, alert_on_snapshot, alert_on_unchanged_portal
-    from etl.quality.report import report_name
+    from etl.report import site_dir, snapshot_page_path
 
     election_id = detection["election_id"]
     if detection["status"] == UNAVAILABLE:
@@ -315,8 +315,10 @@ def alert_stage(detection: dict[str, Any], published: dict[str, Any] | None) -> 
         meta = read_snapshot_meta(snapshot_dir)
         dq_results = pd.read_parquet(snapshot_dir / "dq_results.parquet")
         statuses = {c: (s["status"], s["reason"]) for c, s in published["statuses"].items()}
+        # Alerts link to the snapshot's page of the night report (the `report` step writes it).
+        report_page = snapshot_page_path(site_dir(election_id), meta["snapshot_id"])
         result = alert_on_snapshot(
-            meta, dq_results, statuses, str(config.report_dir() / report_name(meta["snapshot_id"])),
+            meta, dq_results, statuses, str(report_page),
             divisions=pd.read_parquet(snapshot_dir / "divisions.parquet"))
     sent = [{"kind": a.kind, "severity": a.severity, "contest_id": a.contest_id,
              "checks": list(a.checks), "title": a.title} for a in result.sent]

@@ -172,6 +172,13 @@ def print_seats(warehouse_url: str) -> None:
               f"{row['seats']:>2} seats")
 
 
+def _night_index() -> Path:
+    """The night index the DAG's `report` task refreshed on every run."""
+    from etl.report import site_dir
+
+    return (site_dir(ELECTION_ID) / "index.html").resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Replay election night; return an exit code."""
     parser = argparse.ArgumentParser(prog="python -m etl.demo", description=__doc__,
@@ -210,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nAlerts: {config.alerts_file()}  Reports: {config.report_dir()}  "
           f"Cycle log: {data / 'cycles.jsonl'}")
     print(f"Replay finished in {time.perf_counter() - started:.0f}s.")
+    night_index = _night_index()
+    print(f"Election-night report: {night_index}" if night_index.exists()
+          else f"Election-night report missing ({night_index}): see {data / 'airflow.log'}")
     return 0
 
 

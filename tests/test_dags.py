@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
 HEAVY_MODULES = ("pandas", "great_expectations", "bs4", "lxml", "duckdb", "psycopg", "pyarrow",
-                 "requests", "numpy")
+                 "requests", "numpy", "altair", "vl_convert", "scipy")
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,10 @@ def test_election_dag_task_graph(dagbag) -> None:  # type: ignore[no-untyped-def
         ("validate", "publish"),
         ("publish", "announce"),
         ("publish", "alert"),
+        ("alert", "report"),
     }
     assert dag.get_task("alert").trigger_rule == "all_done"
+    assert dag.get_task("report").trigger_rule == "all_done"
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
     assert isinstance(dag.get_task("crawl"), MappedOperator)

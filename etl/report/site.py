@@ -28,7 +28,6 @@ import pandas as pd
 from etl import config
 from etl.archive import RawArchive
 from etl.quality.catalog import CHECKS_BY_ID
-from etl.quality.report import report_name
 from etl.report import charts, forensics
 from etl.report.night import (
     Contest,
@@ -43,6 +42,7 @@ from etl.report.night import (
     warehouse_statuses,
 )
 from etl.report.pages import chart_slot, esc, link, number, page, pct, table
+from etl.report.paths import page_name, site_dir, snapshot_page_path
 from etl.report.regions import match_region
 from etl.seats import ContestLine, allocate_contest
 
@@ -51,16 +51,6 @@ log = logging.getLogger(__name__)
 BUNDLE = Path("assets") / "vega-bundle.js"
 MAX_FAILURES_LISTED = 20  # per check and contest; the rest are in dq_results
 MAX_RAW_COPIES = 200
-
-
-def site_dir(election_id: str) -> Path:
-    """Default output directory of an election's report: `<report dir>/<election>/`."""
-    return config.report_dir() / election_id
-
-
-def snapshot_page_path(out_dir: Path, snapshot_id: str) -> Path:
-    """Where a snapshot's page is (or will be) written; alerts link to it."""
-    return out_dir / "snapshots" / report_name(snapshot_id)
 
 
 @dataclass(frozen=True)
@@ -474,7 +464,7 @@ def _write_index(out: Path, election_id: str, runs: list[Run], rules: Any) -> Pa
     for run, record in zip(runs, records, strict=True):
         snapshot_cell = "–"
         if run.snapshot_id and run.snapshot_id in summaries:
-            snapshot_cell = link(f"snapshots/{report_name(run.snapshot_id)}", run.snapshot_id)
+            snapshot_cell = link(f"snapshots/{page_name(run.snapshot_id)}", run.snapshot_id)
         elif run.snapshot_id:
             snapshot_cell = esc(run.snapshot_id)
         rows.append([str(run.number), esc(_portal_time(run.portal_updated_at) or "–"),
