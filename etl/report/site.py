@@ -97,14 +97,23 @@ def _write_bundle(out: Path) -> None:
     target = out / BUNDLE
     if target.exists():
         return
+    from importlib.metadata import version as version_of
+
     import altair as alt
     import vl_convert
 
     target.parent.mkdir(parents=True, exist_ok=True)
     version = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # "6.4", what Altair writes
-    # The snippet puts the three libraries on `window` for the pages' inline script.
-    snippet = "window.vegaEmbed = vegaEmbed; window.vega = vega; window.vegaLite = vegaLite;"
-    _atomic_write(target, vl_convert.javascript_bundle(snippet, vl_version=version))
+    # Bundling takes seconds (tens on a busy machine): do it once per vl-convert version and
+    # keep it in the user's cache, copied into each site.
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cached = cache_root / "cec-results-etl" / f"vega-bundle-{version_of('vl-convert-python')}-vl{version}.js"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        # The snippet puts the three libraries on `window` for the pages' inline script.
+        snippet = "window.vegaEmbed = vegaEmbed; window.vega = vega; window.vegaLite = vegaLite;"
+        _atomic_write(cached, vl_convert.javascript_bundle(snippet, vl_version=version))
+    shutil.copyfile(cached, target)
 
 
 def _atomic_write(path: Path, text: str) -> None:
