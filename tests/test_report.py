@@ -251,11 +251,10 @@ def open_page(browser: Any, url: str, allowed_prefix: str) -> Opened:
 
 
 def chart_marks(page: Any) -> dict[str, int]:
-    """Per chart slot: how many drawn mark elements its SVG holds."""
+    """Per chart slot: how many data marks (not axes or legends) its SVG holds."""
     counts: dict[str, int] = page.evaluate(
         "Object.fromEntries(Array.from(document.querySelectorAll('.chart')).map(slot => [slot.id,"
-        " slot.querySelectorAll('svg g[class^=\"mark-\"] > path, svg g[class^=\"mark-\"] > rect,"
-        " svg g[class^=\"mark-\"] > line, svg g[class^=\"mark-\"] > text').length]))")
+        " slot.querySelectorAll('svg g.role-mark > *').length]))")
     return counts
 
 
@@ -286,9 +285,10 @@ def test_snapshot_page_renders_every_chart_and_a_shape_per_region(night: Night, 
     assert all(count > 0 for count in marks.values()), marks
     for chart in ("chart-map-leader", "chart-map-turnout"):
         shapes = opened.page.evaluate(
-            f"document.querySelectorAll('#{chart} svg g.mark-geoshape > path').length")
+            f"document.querySelectorAll('#{chart} svg g.mark-shape.role-mark > path').length")
         assert shapes == len(region_shapes()["features"]) == 9
-    bars = opened.page.evaluate("document.querySelectorAll('#chart-national svg g.mark-rect > path').length")
+    bars = opened.page.evaluate(
+        "document.querySelectorAll('#chart-national svg [aria-roledescription=\"bar\"]').length")
     assert bars == 22  # 21 parties and against all
     if label_index == 1:
         RESULTS.mkdir(parents=True, exist_ok=True)
