@@ -117,7 +117,7 @@ def _write_bundle(out: Path) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two builders may race
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
