@@ -31,7 +31,6 @@ from etl.schema import DQ_RESULTS
 log = logging.getLogger(__name__)
 
 PUBLISHED, QUARANTINED, FAILED = "published", "quarantined", "failed"
-UNAVAILABLE, UNCHANGED = "unavailable", "unchanged"
 
 
 @dataclass(frozen=True)
