@@ -30,6 +30,9 @@ from etl.report.paths import snapshot_page_path
 from etl.report.regions import ABROAD, GEOJSON_PATH, PORTAL_REGIONS, match_region, region_shapes
 from etl.warehouse.backends import connect
 
+# Six `etl run` cycles take about a minute on a quiet 2-core machine, many more on a busy one.
+pytestmark = pytest.mark.timeout(2400)
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 NIGHT = ["counting-4", "formula-error", "withdrawn-503", "preliminary", "final", "final"]
