@@ -137,6 +137,11 @@ def _run_cycle(args: argparse.Namespace) -> int:
     statuses = {c: s["status"] for c, s in published["statuses"].items()}
     print(f"snapshot {published['snapshot_id']} (portal updated {published['portal_updated_at']})"
           f" -> {warehouse}" + ("" if published["is_new"] else " (already loaded)"))
+    parsed = published["pages_parsed"]
+    if parsed:
+        print(f"  division pages: {parsed['fast']} parsed (fast path), {parsed['fallback']} "
+              f"parsed by BeautifulSoup (fast path fell back), {parsed['reused']} reused "
+              "(only their updated time changed)")
     for status in ("published", "quarantined", "failed"):
         contests = sorted(c for c, s in statuses.items() if s == status)
         if contests:

@@ -2,8 +2,9 @@
 
 Layout under the archive root:
   blobs/ab/abcdef…   one file per distinct body, named by its sha256
-  index.jsonl        one line per distinct (url, status, sha256): the response's URL,
-                     status, headers and when it was first fetched
+  index.jsonl        one line per new (url, status, sha256), and again when a URL returns
+                     to an earlier body: the response's URL, status, headers and when it
+                     was fetched; the last 200 line of a URL is its latest page
 
 Re-fetching an unchanged page stores nothing new. Any later stage can be re-run from
 here without touching the portal (see `etl.normalise.rebuild_from_archive`).
@@ -90,7 +91,11 @@ class RawArchive:
             os.replace(tmp, blob)
         with self._lock:
             key = (url, status, sha256)
-            if key not in self._seen:
+            latest = self._latest_ok.get(url)
+            # A URL back at an earlier body gets a line again, so that the last line of a
+            # URL is always its latest page, for the next process that opens the archive.
+            if key not in self._seen or (status == 200 and latest is not None
+                                         and latest.sha256 != sha256):
                 line = json.dumps(
                     {"url": url, "status": status, "sha256": sha256, "fetched_at": fetched_at,
                      "headers": kept},

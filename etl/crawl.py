@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Protocol
 
 from etl.archive import RawArchive
+from etl.fastparse import parse_division_page
 from etl.fetch import FetchedPage, FetchError, PortalClient, absolute_url
-from etl.parse import PageParseError, parse_division, parse_election
+from etl.pagecache import PageCache, cache_entry, page_key, reuse
+from etl.parse import PageParseError, parse_election
 from etl.records import CrawledDivision, DivisionPage, ElectionPage, FetchFailure, PageRef
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,13 @@ class ContestCrawl:
     pages: tuple[PageRef, ...]
     pages_fetched: int
     pages_not_modified: int
+    # How the division pages were read: the lxml fast path, the parser of record after
+    # the fast path gave up, or reused from the last completed cycle (stamp-only change).
+    pages_parsed_fast: int = 0
+    pages_parsed_fallback: int = 0
+    pages_reused: int = 0
+    # page key -> cache entry of every page read, for the next cycle (see etl.pagecache)
+    parsed_pages: tuple[tuple[str, str, str], ...] = ()
 
 
 def election_path(lang: str, election_id: str) -> str:
@@ -118,6 +127,10 @@ def fetch_election(source: PageSource, lang: str, election_id: str) -> tuple[Fet
 BATCH_SIZE = 8
 
 
+_FAST, _FALLBACK, _REUSED = "fast", "fallback", "reused"
+_READ_AS: tuple[str, ...] = (_FAST, _FALLBACK, _REUSED)
+
+
 @dataclass
 class _ContestProgress:
     """What one contest's crawl has gathered so far (mutable, private to the crawl loop)."""
@@ -129,6 +142,8 @@ class _ContestProgress:
     pages: list[PageRef] = field(default_factory=list)
     fetched: int = 0
     not_modified: int = 0
+    read_as: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_READ_AS, 0))
+    parsed_pages: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -151,10 +166,15 @@ class _Outcome:
     not_modified: bool
     division: DivisionPage | None
     failure: FetchFailure | None
+    read_as: str | None = None  # fast / fallback / reused
+    page_key: str | None = None  # see etl.pagecache; None when the page is not reusable
+    cache_entry: str | None = None  # the freshly parsed page, for the next cycle's cache
 
 
-# The page source of a worker process, opened once by `_open_source`.
+# The page source of a worker process, opened once by `_open_source`, and the records of
+# the last completed cycle it may reuse (inherited from the parent when it forks).
 _source: PageSource | None = None
+_cache: PageCache | None = None
 
 
 def _open_source(spec: SourceSpec) -> None:
@@ -180,12 +200,21 @@ def _fetch(path: str) -> FetchedPage | FetchFailure:
 def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
     if isinstance(page, FetchFailure):
         return _Outcome(page.url, None, False, None, page)
+    keyed = page_key(page.url, page.body)
+    if keyed is not None and _cache is not None:
+        reused = reuse(_cache, keyed)
+        if reused is not None:
+            return _Outcome(page.url, page.sha256, page.not_modified, reused, None, _REUSED,
+                            keyed.key)
     try:
-        division = parse_division(page.body, page.url)
+        division, fell_back = parse_division_page(page.body, page.url)
     except PageParseError as exc:
         return _Outcome(page.url, page.sha256, page.not_modified, None,
                         FetchFailure(exc.url, str(exc), 200))
-    return _Outcome(page.url, page.sha256, page.not_modified, division, None)
+    entry = cache_entry(keyed, division) if keyed is not None else None
+    return _Outcome(page.url, page.sha256, page.not_modified, division, None,
+                    _FALLBACK if fell_back else _FAST,
+                    keyed.key if keyed is not None and entry else None, entry)
 
 
 def _visit_batch(paths: Sequence[str], threads: int) -> list[_Outcome]:
@@ -221,13 +250,17 @@ def crawl_contests(
     *,
     concurrency: int,
     processes: int,
+    cache: PageCache | None = None,
 ) -> list[ContestCrawl]:
     """Crawl contests from their root pages down every link.
 
     About `concurrency` pages are fetched at a time, by `processes` worker processes (1 =
     threads of this process). A page that cannot be fetched or parsed is recorded as a
-    failure and the crawl goes on; its body, if any, is already in the raw archive.
+    failure and the crawl goes on; its body, if any, is already in the raw archive. A page
+    whose body, apart from its `updated` stamp, is in `cache` is not parsed again.
     """
+    global _cache  # noqa: PLW0603 - read by the workers, which fork after this line
+    _cache = cache
     started = time.perf_counter()
     progress = {contest_id: _ContestProgress() for contest_id in contest_ids}
     seen: set[str] = set()
@@ -263,18 +296,22 @@ def crawl_contests(
                         for position, child in enumerate(outcome.division.children)])
     finally:
         pool.shutdown(cancel_futures=True)
+        _cache = None
         if processes <= 1:
             _close_source()
     crawls = []
     for contest_id, contest in progress.items():
-        log.info("crawled %s/%s: %d divisions, %d fetched, %d not modified, %d failed",
-                 election_id, contest_id, len(contest.divisions), contest.fetched,
-                 contest.not_modified, len(contest.failures))
+        log.info("crawled %s/%s: %d divisions, %d fetched, %d not modified, %d failed; "
+                 "read %s", election_id, contest_id, len(contest.divisions), contest.fetched,
+                 contest.not_modified, len(contest.failures), contest.read_as)
         in_tree_order = tuple(division for _, division in sorted(contest.divisions,
                                                                  key=lambda item: item[0]))
-        crawls.append(ContestCrawl(election_id, contest_id, in_tree_order,
-                                   tuple(contest.failures), tuple(contest.pages), contest.fetched,
-                                   contest.not_modified))
+        crawls.append(ContestCrawl(
+            election_id, contest_id, in_tree_order, tuple(contest.failures),
+            tuple(contest.pages), contest.fetched, contest.not_modified,
+            pages_parsed_fast=contest.read_as[_FAST],
+            pages_parsed_fallback=contest.read_as[_FALLBACK],
+            pages_reused=contest.read_as[_REUSED], parsed_pages=tuple(contest.parsed_pages)))
     log.info("crawled %d contests of %s in %.2fs", len(crawls), election_id,
              time.perf_counter() - started)
     return crawls
@@ -288,6 +325,14 @@ def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome) -> str:
     else:
         contest.fetched += 1
     contest.pages.append(PageRef(outcome.url, outcome.sha256, 200))
+    if outcome.read_as is not None:
+        contest.read_as[outcome.read_as] += 1
+    if outcome.page_key is not None:
+        entry = outcome.cache_entry
+        if entry is None and _cache is not None:  # reused: carry the old entry forward
+            entry = _cache.entries.get(outcome.page_key)
+        if entry is not None:
+            contest.parsed_pages.append((outcome.url, outcome.page_key, entry))
     # A contest's root declares its own id; every other division is its URL segment.
     division_id = visit.division_id or outcome.division.declared_id or visit.contest_id
     contest.divisions.append((visit.order, CrawledDivision(

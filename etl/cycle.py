@@ -6,6 +6,7 @@ from its own task. Stages hand each other paths and small dicts, never frames.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -26,9 +27,14 @@ from etl.archive import RawArchive
 from etl.crawl import ContestCrawl, SourceSpec, contest_path, crawl_contests, election_path
 from etl.fetch import FetchedPage, FetchError, PortalClient, absolute_url, utc_now
 from etl.identifiers import InvalidIdentifierError, checked_id, checked_ids
-from etl.normalise import build_frames, read_snapshot_meta, write_snapshot
+from etl.normalise import read_snapshot_meta, write_snapshot
+from etl.pagecache import cache_path, read_pages, write_pages
 from etl.parse import PageParseError, parse_election
-from etl.scrape import snapshot_meta
+from etl.scrape import assemble
+
+# The parsed pages of a snapshot, kept in its directory and, once its cycle completes,
+# in the state directory for the next cycle to reuse (see etl.pagecache).
+PARSED_PAGES_FILE = "parsed_pages.parquet"
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +61,12 @@ class CycleBusyError(RuntimeError):
     """Another cycle of the same election holds the lock; this one did nothing."""
 
 
+def _state_dir() -> Path:
+    return config.data_dir() / "state"
+
+
 def _state_path(election_id: str) -> Path:
-    return config.data_dir() / "state" / f"{checked_id(election_id, 'election id')}.json"
+    return _state_dir() / f"{checked_id(election_id, 'election id')}.json"
 
 
 @contextmanager
@@ -99,16 +109,24 @@ def last_completed_fingerprint(election_id: str) -> str | None:
 
 
 def mark_completed(election_id: str, fingerprint: str | None, snapshot_id: str | None,
-                   portal_updated_at: str | None = None) -> None:
+                   portal_updated_at: str | None = None,
+                   snapshot_dir: Path | None = None) -> None:
     """Remember that the cycle for this portal state finished (published or quarantined).
 
     The latest portal time seen is kept (never lowered), to notice a clock going backwards.
+    The snapshot's parsed pages become the ones the next cycle may reuse.
     """
     path = _state_path(election_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     latest = latest_portal_time(election_id)
     if portal_updated_at and (latest is None or _instant(portal_updated_at) > _instant(latest)):
         latest = portal_updated_at
+    parsed = snapshot_dir / PARSED_PAGES_FILE if snapshot_dir is not None else None
+    if parsed is not None and parsed.is_file():
+        cached = cache_path(_state_dir(), election_id)
+        tmp_cache = cached.with_name(f".{cached.name}.tmp")
+        shutil.copyfile(parsed, tmp_cache)
+        os.replace(tmp_cache, cached)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fingerprint": fingerprint, "snapshot_id": snapshot_id,
                                "completed_at": utc_now(), "latest_portal_updated_at": latest}),
@@ -201,19 +219,32 @@ def crawl_batch(
     lang: str | None = None, processes: int | None = None, concurrency: int | None = None,
     archive_root: Path | None = None,
 ) -> Path:
-    """Crawl a batch of contests and stage the parsed pages (a pickle for the next task)."""
+    """Crawl a batch of contests and stage the parsed pages (a pickle for the next task).
+
+    Pages that changed only their `updated` stamp since the last completed cycle are not
+    parsed again; the batch's parsed pages go beside it (`_parsed_pages_path`) for the cache.
+    """
     spec = SourceSpec(portal, archive_root or config.raw_dir(),
                       pool_size=concurrency or config.concurrency())
+    cache = read_pages(cache_path(_state_dir(), election_id), contests)
     crawls = crawl_contests(spec, lang or config.portal_lang(), election_id, contests,
                             concurrency=concurrency or config.concurrency(),
-                            processes=processes or config.crawl_processes())
+                            processes=processes or config.crawl_processes(), cache=cache)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_pages(_parsed_pages_path(out_path),
+                ((crawl.contest_id, url, key, entry) for crawl in crawls
+                 for url, key, entry in crawl.parsed_pages))
+    crawls = [dataclasses.replace(crawl, parsed_pages=()) for crawl in crawls]
     tmp = out_path.with_suffix(".tmp")
     # Pickle, not JSON: this file lives only between two tasks of the same code version.
     with tmp.open("wb") as staged:
         pickle.dump(crawls, staged, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, out_path)
     return out_path
+
+
+def _parsed_pages_path(batch_path: Path) -> Path:
+    return batch_path.with_name(f"{batch_path.stem}.pages.parquet")
 
 
 def assemble_snapshot(
@@ -238,19 +269,31 @@ def assemble_snapshot(
         raise FileNotFoundError(f"{election_url} is not in the raw archive: run detect_change first")
     election_page = FetchedPage(election_url, 200, archive.read(latest.sha256), latest.sha256,
                                 not_modified=True)
-    meta = snapshot_meta(portal, lang, election_id, election_page, crawls, fetched_at)
+    meta, frames = assemble(portal, lang, election_id, election_page, crawls, fetched_at)
     target = config.staging_dir() / election_id / "snapshots" / meta["snapshot_id"]
     if (target / "snapshot.json").exists():
         log.info("snapshot %s already assembled at %s", meta["snapshot_id"], target)
         return target
     incoming = target.parent / f".incoming-{uuid.uuid4().hex}"
-    write_snapshot(incoming, build_frames(meta["snapshot_id"], election_id, crawls), meta)
+    incoming.mkdir(parents=True)
+    _merge_parsed_pages([_parsed_pages_path(Path(p)) for p in batch_paths],
+                        incoming / PARSED_PAGES_FILE)
+    write_snapshot(incoming, frames, meta)
     try:
         incoming.rename(target)
     except OSError:  # another run assembled the same state meanwhile
         shutil.rmtree(incoming, ignore_errors=True)
     return target
 
+
+
+def _merge_parsed_pages(parts: Sequence[Path], target: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(part) for part in parts if part.is_file()]
+    if tables:
+        pq.write_table(pa.concat_tables(tables), target, compression="zstd")
 
 
 def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:
@@ -290,6 +333,7 @@ def publish_stage(snapshot_dir: Path, warehouse_url: str, fingerprint: str | Non
         "portal_updated_at": meta["portal_updated_at"],
         "snapshot_dir": str(snapshot_dir),
         "is_new": summary.is_new,
+        "pages_parsed": meta.get("pages_parsed", {}),
         "statuses": {c.contest_id: {"status": c.status, "reason": c.reason}
                      for c in summary.contests},
     }
@@ -325,7 +369,8 @@ def alert_stage(detection: dict[str, Any], published: dict[str, Any] | None) -> 
     _append_cycle_log(detection, published, sent)
     if published is not None:
         mark_completed(election_id, published.get("fingerprint", detection["fingerprint"]),
-                       published["snapshot_id"], published["portal_updated_at"])
+                       published["snapshot_id"], published["portal_updated_at"],
+                       snapshot_dir=Path(published["snapshot_dir"]))
     return sent
 
 
@@ -387,6 +432,7 @@ def _append_cycle_log(detection: dict[str, Any], published: dict[str, Any] | Non
         "portal_updated_at": published["portal_updated_at"] if published else None,
         "statuses": published["statuses"] if published else {},
         "clock_warning": published.get("clock_warning") if published else None,
+        "pages_parsed": published.get("pages_parsed", {}) if published else {},
         "alerts": sent,
     }
     with path.open("a", encoding="utf-8") as log_file:

@@ -17,6 +17,7 @@ from etl import config
 from etl.crawl import ContestCrawl, SourceSpec, crawl_contests, fetch_election
 from etl.fetch import FetchedPage, utc_now
 from etl.normalise import (
+    SnapshotFrames,
     build_frames,
     portal_time,
     read_snapshot_meta,
@@ -114,14 +115,26 @@ def _snapshot(
         selected = listed
     crawls = crawl_contests(spec, lang, election_id, selected, concurrency=concurrency,
                             processes=processes)
-    meta = snapshot_meta(spec.base_url, lang, election_id, election_page, crawls, fetched_at)
-    frames = build_frames(meta["snapshot_id"], election_id, crawls)
+    meta, frames = assemble(spec.base_url, lang, election_id, election_page, crawls, fetched_at)
     write_snapshot(out_dir, frames, meta)
     seconds = time.perf_counter() - started
     log.info("snapshot %s: %d pages (%d not modified), %d failed, rows %s, %.2fs",
              meta["snapshot_id"], meta["pages_fetched"] + meta["pages_not_modified"],
              meta["pages_not_modified"], meta["pages_failed"], frames.row_counts(), seconds)
     return ScrapeSummary(out_dir, meta, frames.row_counts(), seconds)
+
+
+def assemble(
+    portal: str, lang: str, election_id: str, election_page: FetchedPage,
+    crawls: Sequence[ContestCrawl], fetched_at: str,
+) -> tuple[dict[str, Any], SnapshotFrames]:
+    """The one path from crawled contests to a snapshot: its metadata and its frames.
+
+    `etl scrape`, `etl reprocess` and the cycle's assemble stage all go through here, so a
+    snapshot is the same whichever way it was made.
+    """
+    meta = snapshot_meta(portal, lang, election_id, election_page, crawls, fetched_at)
+    return meta, build_frames(meta["snapshot_id"], election_id, crawls)
 
 
 def snapshot_meta(
@@ -145,6 +158,12 @@ def snapshot_meta(
         "pages_not_modified": sum(c.pages_not_modified for c in crawls)
         + election_page.not_modified,
         "pages_failed": len(failures),
+        # How the division pages were read (the cycle summary shows the fallbacks).
+        "pages_parsed": {
+            "fast": sum(c.pages_parsed_fast for c in crawls),
+            "fallback": sum(c.pages_parsed_fallback for c in crawls),
+            "reused": sum(c.pages_reused for c in crawls),
+        },
         "failures": sorted(
             ({"url": f.url, "reason": f.reason, "status": f.status, "contest_id": crawl.contest_id}
              for crawl in crawls for f in crawl.failures),

@@ -6,10 +6,11 @@ Last-Modified, or None for an unknown path. Rendering is pure: same scenario, sa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, timedelta
 from email.utils import format_datetime
 from html import escape
 from urllib.parse import parse_qs
@@ -109,9 +110,16 @@ class PortalRenderer:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
 
-    def render(self, index: int, path: str, query: str = "") -> Page | None:
-        """The page at `path` (+ `query`) in snapshot `index`, or None if there is none."""
+    def render(self, index: int, path: str, query: str = "", *,
+               restamp: timedelta = timedelta(0)) -> Page | None:
+        """The page at `path` (+ `query`) in snapshot `index`, or None if there is none.
+
+        `restamp` moves the page's `updated` time (and Last-Modified) by that much and
+        changes nothing else, as the portal does when it re-publishes unchanged pages.
+        """
         snapshot = self.scenario.snapshots[index]
+        if restamp:
+            snapshot = dataclasses.replace(snapshot, portal_time=snapshot.portal_time + restamp)
         if snapshot.mode == MODE_UNAVAILABLE:
             return self._unavailable(snapshot, path)
         if snapshot.mode == MODE_MAINTENANCE:

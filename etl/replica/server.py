@@ -18,7 +18,7 @@ import time
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import formatdate, parsedate_to_datetime
 from types import TracebackType
 from typing import Any, cast
@@ -137,7 +137,8 @@ class Replica:
         self.faults = faults or Faults()
         self._fault_regex = re.compile(self.faults.path_regex) if self.faults.path_regex else None
         self._hits: dict[str, int] = {}
-        self._cache: OrderedDict[int, dict[str, _Cached]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, float], dict[str, _Cached]] = OrderedDict()
+        self._restamp = 0.0  # seconds added to every page's updated time (see `restamp`)
         self._date = b""
         self._date_second = -1
         self.connections: set[_HttpProtocol] = set()
@@ -162,9 +163,17 @@ class Replica:
         with self._lock:
             self._anchor_index = index
             self._anchor_clock = time.monotonic()
+            self._restamp = 0.0
             self._rebuild_schedule()
         logger.info("replica now at snapshot %d (%s)", index, self.scenario.snapshots[index].label)
         return index
+
+    def restamp(self, seconds: float) -> None:
+        """Show every page with its `updated` time `seconds` after the snapshot's, content
+        otherwise unchanged (the portal re-publishing unchanged pages); `goto` resets it."""
+        with self._lock:
+            self._restamp = float(seconds)
+        logger.info("replica pages re-stamped %+.0fs", seconds)
 
     def set_faults(self, faults: Faults) -> None:
         """Replace the fault switches and restart the per-path request counters."""
@@ -182,7 +191,8 @@ class Replica:
             "seed": self.scenario.seed,
             "index": index,
             "label": snapshot.label,
-            "portal_time": snapshot.portal_time.isoformat(),
+            "portal_time": (snapshot.portal_time + timedelta(seconds=self._restamp)).isoformat(),
+            "restamp_seconds": self._restamp,
             "mode": snapshot.mode,
             "snapshots": len(self.scenario.snapshots),
             "live": self.live,
@@ -248,18 +258,19 @@ class Replica:
         return b"".join((cached.head, date, b"\r\n", cached.body))
 
     def _page(self, index: int, target: str) -> _Cached | None:
-        pages = self._cache.get(index)
+        restamp = self._restamp
+        pages = self._cache.get((index, restamp))
         if pages is None:
-            pages = self._cache[index] = {}
+            pages = self._cache[(index, restamp)] = {}
             while len(self._cache) > CACHED_SNAPSHOTS:
                 self._cache.popitem(last=False)
         else:
-            self._cache.move_to_end(index)
+            self._cache.move_to_end((index, restamp))
         cached = pages.get(target)
         if cached is not None:
             return cached
         path, _, query = target.partition("?")
-        page = self.renderer.render(index, path, query)
+        page = self.renderer.render(index, path, query, restamp=timedelta(seconds=restamp))
         if page is None:
             return None
         cached = _prepare(page)
@@ -288,6 +299,9 @@ class Replica:
                 if at is None:
                     return _json_reply(400, {"error": "give ?at=N, ?label=LABEL or ?time=ISO"})
                 self.goto(at)
+                return _json_reply(200, self.state())
+            if path == "/_replica/restamp" and method == "POST":
+                self.restamp(float(params.get("seconds", "0")))
                 return _json_reply(200, self.state())
             if path == "/_replica/faults":
                 if method == "GET":
@@ -513,6 +527,10 @@ class ReplicaServer:
     def goto(self, at: int | str) -> int:
         """Serve snapshot `at` (index or label); returns its index."""
         return self.replica.goto(at)
+
+    def restamp(self, seconds: float) -> None:
+        """Re-stamp every page `seconds` after the snapshot's time (see `Replica.restamp`)."""
+        self.replica.restamp(seconds)
 
     def set_faults(self, faults: Faults | None = None, **switches: Any) -> Faults:
         """Set fault switches (a Faults or keyword switches); counters restart."""

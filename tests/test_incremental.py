@@ -1,0 +1,183 @@
+"""Incremental cycles: pages that only changed their `updated` stamp are not parsed again,
+and the snapshot is the one a cold run makes of the same portal state, frame for frame."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from etl import cycle
+from etl.normalise import read_snapshot_frames, read_snapshot_meta
+from etl.pagecache import PageCache, cache_entry, cache_path, page_key, read_pages, reuse, write_pages
+from etl.parse import parse_division
+from etl.replica import ReplicaServer
+from etl.replica.render import PortalRenderer
+
+CONTESTS = ["okrug-2", "okrug-30"]  # two constituencies: ~140 pages, seconds per cycle
+# Portal states a cycle can read (the withdrawn ones are "unavailable", not a snapshot).
+LABELS = ["counting-1", "counting-4", "formula-error", "preliminary", "counting-5",
+          "counting-complete", "recount-1", "annulment", "duplicate-candidate", "final"]
+FIXTURES = Path(__file__).parent / "fixtures" / "pages"
+
+
+@pytest.fixture(scope="module")
+def replica() -> Iterator[ReplicaServer]:
+    with ReplicaServer(scenario="kg2021", at="counting-4", port=0) as server:
+        yield server
+
+
+def run_cycle(portal: str, data: Path, monkeypatch: pytest.MonkeyPatch,
+              processes: int) -> Path:
+    """detect → crawl → assemble → mark completed, as `etl run` does (no gate, no load)."""
+    monkeypatch.setenv("CEC_DATA_DIR", str(data))
+    detection = cycle.detect_change(portal, "jk2021", contests=CONTESTS)
+    assert detection.status == cycle.CHANGED, detection
+    batch = cycle.crawl_batch(portal, "jk2021", detection.contests,
+                              cycle.run_dir("jk2021", detection.checked_at.replace(":", ""))
+                              / "batch-0.pickle", processes=processes, concurrency=4)
+    snapshot_dir = cycle.assemble_snapshot(portal, "jk2021", [batch], detection.checked_at)
+    meta = read_snapshot_meta(snapshot_dir)
+    cycle.mark_completed("jk2021", detection.fingerprint, meta["snapshot_id"],
+                         meta["portal_updated_at"], snapshot_dir=snapshot_dir)
+    return snapshot_dir
+
+
+def portal_states(seed: int, steps: int) -> list[tuple[str, int]]:
+    """A seeded walk over the night: jumps between snapshots and re-stamps of one."""
+    rng = random.Random(seed)
+    label = rng.choice(LABELS)
+    states = [(label, 0), (label, 90)]  # always one pure re-stamp
+    while len(states) < steps:
+        if rng.random() < 0.4:
+            states.append((states[-1][0], states[-1][1] + rng.choice([60, 3600, 86400])))
+        else:
+            label = rng.choice([lb for lb in LABELS if lb != states[-1][0]])
+            states.append((label, rng.choice([0, 0, 30])))
+    return states
+
+
+@pytest.mark.parametrize("seed", [20211128, 7])
+def test_an_incremental_snapshot_equals_the_cold_one_frame_for_frame(
+        replica: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        seed: int) -> None:
+    reused_total = 0
+    for step, (label, seconds) in enumerate(portal_states(seed, steps=6)):
+        replica.goto(label)
+        if seconds:
+            replica.restamp(seconds)
+        processes = 1 + step % 2  # in-process and forked workers both read the cache
+        incremental = run_cycle(replica.base_url, tmp_path / "incremental", monkeypatch,
+                                processes)
+        cold = run_cycle(replica.base_url, tmp_path / f"cold-{step}", monkeypatch, processes)
+        state = f"step {step}: {label} re-stamped {seconds}s"
+        inc_meta, cold_meta = read_snapshot_meta(incremental), read_snapshot_meta(cold)
+        assert inc_meta["snapshot_id"] == cold_meta["snapshot_id"], state
+        inc_frames, cold_frames = read_snapshot_frames(incremental), read_snapshot_frames(cold)
+        for name, frame in cold_frames.items():
+            assert len(frame), f"{state}: empty {name}"
+            pd.testing.assert_frame_equal(inc_frames[name], frame, check_exact=True, obj=name)
+        divisions = len(cold_frames["divisions"])
+        assert cold_meta["pages_parsed"]["reused"] == 0, state
+        assert sum(cold_meta["pages_parsed"].values()) == divisions, state
+        assert sum(inc_meta["pages_parsed"].values()) == divisions, state
+        if step and seconds and portal_states(seed, 6)[step - 1][0] == label:
+            # Only the stamp changed since the last completed cycle: nothing is parsed.
+            assert inc_meta["pages_parsed"]["reused"] == divisions, state
+        reused_total += inc_meta["pages_parsed"]["reused"]
+    assert reused_total > 0
+
+
+def test_five_percent_of_precincts_changed_reparses_only_the_changed_pages(
+        replica: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    replica.goto("preliminary")
+    run_cycle(replica.base_url, tmp_path / "data", monkeypatch, processes=2)
+    replica.goto("counting-5")  # late automatic counts: ~6% of precincts change
+    snapshot_dir = run_cycle(replica.base_url, tmp_path / "data", monkeypatch, processes=2)
+    parsed = read_snapshot_meta(snapshot_dir)["pages_parsed"]
+    renderer, scenario = PortalRenderer(replica.scenario), replica.scenario
+    before, after = scenario.index_of("preliminary"), scenario.index_of("counting-5")
+    changed = 0
+    for contest_id in CONTESTS:
+        for division_id in scenario.contests[contest_id].divisions:
+            path = f"/ru/results/jk2021/{contest_id}/{division_id}/"
+            old, new = (page_key(path, page.body) for page in (
+                renderer.render(before, path), renderer.render(after, path)))
+            assert old is not None and new is not None
+            changed += old.key != new.key
+    assert 0 < changed < parsed["reused"]
+    assert parsed["fast"] + parsed["fallback"] == changed
+
+
+def test_a_changed_parser_reuses_nothing(tmp_path: Path) -> None:
+    html = (FIXTURES / "spec_example_ru.html").read_bytes()
+    url = "http://portal/ru/results/jk2021/list/7/"
+    keyed = page_key(url, html)
+    assert keyed is not None
+    entry = cache_entry(keyed, parse_division(html, url))
+    assert entry is not None
+    path = write_pages(tmp_path / "pages.parquet", [("list", url, keyed.key, entry)])
+    assert read_pages(path) == PageCache({keyed.key: entry})
+    assert read_pages(path, ["okrug-1"]) == PageCache({})
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({b"cec.parser_version": b"older"}), path)
+    assert read_pages(path) is None
+    path.write_bytes(b"not parquet")
+    assert read_pages(path) is None  # unreadable: every page is parsed, nothing breaks
+
+
+def test_reused_records_carry_the_new_stamp_and_equal_a_fresh_parse() -> None:
+    html = (FIXTURES / "spec_example_ru.html").read_bytes()
+    url = "http://portal/ru/results/jk2021/list/7/"
+    keyed = page_key(url, html)
+    assert keyed is not None
+    entry = cache_entry(keyed, parse_division(html, url))
+    assert entry is not None
+    restamped = html.replace(b"2021-11-28T21:05:13+06:00", b"2021-11-29T08:00:00+06:00")
+    new_key = page_key(url, restamped)
+    assert new_key is not None and new_key.key == keyed.key
+    assert reuse(PageCache({keyed.key: entry}), new_key) == parse_division(restamped, url)
+    # Another URL with the same body is another page (links resolve against the URL).
+    other = page_key("http://portal/ru/results/jk2021/list/8/", html)
+    assert other is not None and other.key != keyed.key
+    # Any other byte changed: another key.
+    changed = page_key(url, html.replace(b"421 315", b"421 316"))
+    assert changed is not None and changed.key != keyed.key
+
+
+@pytest.mark.parametrize("stamp", [
+    b'<time class="updated">28.11.2021 21:05:13</time>',  # no datetime: read from the text
+    b'<time class="updated" datetime="2021-11-28T21:05:13+06:00">x</time>'
+    b'<time datetime="2021-11-28T21:06:00+06:00">y</time>',  # two times
+    b'<time class="updated" datetime="not a time">x</time>',
+    b'<!-- <time class="updated" datetime="2021-11-28T21:05:13+06:00">x</time> -->',
+])
+def test_pages_whose_stamp_is_not_plain_are_always_parsed(stamp: bytes) -> None:
+    html = (FIXTURES / "spec_example_ru.html").read_bytes()
+    start, end = html.index(b"<time"), html.index(b"</time>") + len(b"</time>")
+    page = html[:start] + stamp + html[end:]
+    url = "http://portal/ru/results/jk2021/list/7/"
+    keyed = page_key(url, page)
+    # Not keyed at all, or keyed but the parser of record did not take its time from that
+    # element: either way the page is never reused.
+    assert keyed is None or cache_entry(keyed, parse_division(page, url)) is None
+
+
+def test_the_cache_follows_the_last_completed_cycle(
+        replica: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    replica.goto("final")
+    snapshot_dir = run_cycle(replica.base_url, tmp_path / "data", monkeypatch, processes=1)
+    cached = cache_path(tmp_path / "data" / "state", "jk2021")
+    assert cached.read_bytes() == (snapshot_dir / cycle.PARSED_PAGES_FILE).read_bytes()
+    state = json.loads((tmp_path / "data" / "state" / "jk2021.json").read_text())
+    assert state["snapshot_id"] == read_snapshot_meta(snapshot_dir)["snapshot_id"]
+    pages = read_pages(cached)
+    assert pages is not None
+    assert len(pages.entries) == len(read_snapshot_frames(snapshot_dir)["divisions"])
