@@ -169,7 +169,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
         portal, args.election, detection.contests,
         cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.pickle",
         lang=args.lang, processes=args.processes, concurrency=args.concurrency,
-        archive_root=args.raw_dir)
+        archive_root=args.raw_dir, while_crawling=cycle.warm_quality_gate)
     snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
                                            lang=args.lang, archive_root=args.raw_dir)
     cycle.validate_stage(snapshot_dir, warehouse)

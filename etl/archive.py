@@ -6,6 +6,10 @@ Layout under the archive root:
                      to an earlier body: the response's URL, status, headers and when it
                      was fetched; the last 200 line of a URL is its latest page
 
+  index.checkpoint.json  what the index says up to a byte offset (each URL's latest
+                     response), so that opening the archive reads only the index's tail:
+                     a night's index grows to ~100,000 lines, read by every crawl process
+
 Re-fetching an unchanged page stores nothing new. Any later stage can be re-run from
 here without touching the portal (see `etl.normalise.rebuild_from_archive`).
 """
@@ -24,6 +28,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Headers worth keeping: enough to replay conditional requests and explain a failure.
+# Opening the archive rewrites the checkpoint when it had to read this many index lines.
+CHECKPOINT_EVERY_LINES = 2000
 KEPT_HEADERS = ("etag", "last-modified", "content-type", "retry-after", "date", "content-length")
 
 
@@ -46,24 +52,69 @@ class RawArchive:
         self.blobs = self.root / "blobs"
         self.index_path = self.root / "index.jsonl"
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = self.root / "index.checkpoint.json"
         self._lock = threading.Lock()
-        self._seen: set[tuple[str, int, str]] = set()
+        # The latest body of each (url, status): a response equal to it adds no index line.
+        self._latest: dict[tuple[str, int], str] = {}
         self._latest_ok: dict[str, ArchivedResponse] = {}
         self._dirs: set[str] = set()
         self._load_index()
 
     def _load_index(self) -> None:
+        offset = self._load_checkpoint()
         if not self.index_path.exists():
             return
-        with self.index_path.open(encoding="utf-8") as index:
-            for line in index:
-                if not line.strip():
-                    continue
-                entry = json.loads(line)
-                self._remember(entry["url"], entry["status"], entry["sha256"], entry["headers"])
+        with self.index_path.open("rb") as index:
+            index.seek(offset)
+            tail = index.read()
+        # Only whole lines: another process may be appending one right now.
+        whole = tail[: tail.rfind(b"\n") + 1]
+        lines = 0
+        for line in whole.splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            self._remember(entry["url"], entry["status"], entry["sha256"], entry["headers"])
+            lines += 1
+        if lines >= CHECKPOINT_EVERY_LINES:
+            self._write_checkpoint(offset + len(whole))
+
+    def _load_checkpoint(self) -> int:
+        """Load the checkpoint; the index offset it covers (0 when there is none)."""
+        try:
+            checkpoint = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+            offset = int(checkpoint["offset"])
+            if offset > self.index_path.stat().st_size:
+                raise ValueError("the checkpoint is ahead of the index")
+            for url, status, sha256, etag, last_modified in checkpoint["latest"]:
+                self._latest[(url, status)] = sha256
+                if status == 200:
+                    self._latest_ok[url] = ArchivedResponse(url, status, sha256, etag,
+                                                            last_modified)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the archive checkpoint %s (%s): reading the whole index",
+                        self.checkpoint_path, exc)
+            self._latest.clear()
+            self._latest_ok.clear()
+            return 0
+        return offset
+
+    def _write_checkpoint(self, offset: int) -> None:
+        latest = []
+        for (url, status), sha256 in self._latest.items():
+            ok = self._latest_ok.get(url) if status == 200 else None
+            latest.append([url, status, sha256, ok.etag if ok else None,
+                           ok.last_modified if ok else None])
+        tmp = self.checkpoint_path.with_name(
+            f".{self.checkpoint_path.name}.{os.getpid()}-{threading.get_ident()}")
+        tmp.write_text(json.dumps({"offset": offset, "latest": latest}, ensure_ascii=False),
+                       encoding="utf-8")
+        os.replace(tmp, self.checkpoint_path)
 
     def _remember(self, url: str, status: int, sha256: str, headers: dict[str, str]) -> None:
-        self._seen.add((url, status, sha256))
+        self._latest[(url, status)] = sha256
         if status == 200:
             self._latest_ok[url] = ArchivedResponse(
                 url, status, sha256, headers.get("etag"), headers.get("last-modified")
@@ -90,12 +141,9 @@ class RawArchive:
             tmp.write_bytes(body)
             os.replace(tmp, blob)
         with self._lock:
-            key = (url, status, sha256)
-            latest = self._latest_ok.get(url)
             # A URL back at an earlier body gets a line again, so that the last line of a
             # URL is always its latest page, for the next process that opens the archive.
-            if key not in self._seen or (status == 200 and latest is not None
-                                         and latest.sha256 != sha256):
+            if self._latest.get((url, status)) != sha256:
                 line = json.dumps(
                     {"url": url, "status": status, "sha256": sha256, "fetched_at": fetched_at,
                      "headers": kept},

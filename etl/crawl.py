@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import (
     Executor,
     Future,
@@ -251,6 +252,7 @@ def crawl_contests(
     concurrency: int,
     processes: int,
     cache: PageCache | None = None,
+    while_crawling: Callable[[], object] | None = None,
 ) -> list[ContestCrawl]:
     """Crawl contests from their root pages down every link.
 
@@ -258,6 +260,10 @@ def crawl_contests(
     threads of this process). A page that cannot be fetched or parsed is recorded as a
     failure and the crawl goes on; its body, if any, is already in the raw archive. A page
     whose body, apart from its `updated` stamp, is in `cache` is not parsed again.
+
+    `while_crawling` runs in a thread of this process, which is otherwise idle while the
+    workers fetch and parse (e.g. importing the quality gate); it starts once the workers
+    are forked, so that no child inherits a lock it holds, and ends before this returns.
     """
     global _cache  # noqa: PLW0603 - read by the workers, which fork after this line
     _cache = cache
@@ -279,9 +285,14 @@ def crawl_contests(
             pending[future] = batch
             future.add_done_callback(finished.put)
 
+    side_task: threading.Thread | None = None
     try:
         for contest_id in contest_ids:
             submit([_Visit(contest_id, contest_path(lang, election_id, contest_id), None, None)])
+        if while_crawling is not None:  # the first submit forked every worker
+            side_task = threading.Thread(target=_run_logged, args=(while_crawling,),
+                                         name="while-crawling", daemon=True)
+            side_task.start()
         while pending:
             future = finished.get()
             for visit, outcome in zip(pending.pop(future), future.result(), strict=True):
@@ -297,6 +308,8 @@ def crawl_contests(
     finally:
         pool.shutdown(cancel_futures=True)
         _cache = None
+        if side_task is not None:
+            side_task.join()
         if processes <= 1:
             _close_source()
     crawls = []
@@ -315,6 +328,13 @@ def crawl_contests(
     log.info("crawled %d contests of %s in %.2fs", len(crawls), election_id,
              time.perf_counter() - started)
     return crawls
+
+
+def _run_logged(task: Callable[[], object]) -> None:
+    try:
+        task()
+    except Exception:  # the stage that needs it fails loudly in its turn
+        log.exception("%s failed while crawling", getattr(task, "__name__", task))
 
 
 def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome) -> str:

@@ -15,7 +15,7 @@ import os
 import pickle
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -217,7 +217,7 @@ def run_dir(election_id: str, run_key: str) -> Path:
 def crawl_batch(
     portal: str, election_id: str, contests: Sequence[str], out_path: Path, *,
     lang: str | None = None, processes: int | None = None, concurrency: int | None = None,
-    archive_root: Path | None = None,
+    archive_root: Path | None = None, while_crawling: Callable[[], object] | None = None,
 ) -> Path:
     """Crawl a batch of contests and stage the parsed pages (a pickle for the next task).
 
@@ -229,7 +229,8 @@ def crawl_batch(
     cache = read_pages(cache_path(_state_dir(), election_id), contests)
     crawls = crawl_contests(spec, lang or config.portal_lang(), election_id, contests,
                             concurrency=concurrency or config.concurrency(),
-                            processes=processes or config.crawl_processes(), cache=cache)
+                            processes=processes or config.crawl_processes(), cache=cache,
+                            while_crawling=while_crawling)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_pages(_parsed_pages_path(out_path),
                 ((crawl.contest_id, url, key, entry) for crawl in crawls
@@ -294,6 +295,14 @@ def _merge_parsed_pages(parts: Sequence[Path], target: Path) -> None:
     tables = [pq.read_table(part) for part in parts if part.is_file()]
     if tables:
         pq.write_table(pa.concat_tables(tables), target, compression="zstd")
+
+
+def warm_quality_gate() -> None:
+    """Import Great Expectations and build its context now (once per process), e.g. in a
+    thread while the crawl's workers fetch and parse; `validate_stage` then reuses it."""
+    from etl.quality.suites import EXPECTATIONS_DIR, suite_runner
+
+    suite_runner(EXPECTATIONS_DIR)  # the same cache key as the gate's call
 
 
 def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:

@@ -67,3 +67,46 @@ def test_concurrent_processes_keep_every_index_line_whole(tmp_path: Path) -> Non
     lines = _index_lines(root)  # json.loads fails on an interleaved line
     assert len(lines) == 600
     assert len({line["url"] for line in lines}) == 600
+
+
+def test_a_url_back_at_an_earlier_body_is_its_latest_after_reopening(tmp_path: Path) -> None:
+    archive = RawArchive(tmp_path / "raw")
+    url = "http://p/ru/results/jk2021/"
+    for version in (b"v1", b"v2", b"v1"):  # the portal went back to an earlier page
+        archive.store(url, 200, {"ETag": version.decode()}, version, "t")
+    assert archive.latest(url).etag == "v1"  # type: ignore[union-attr]
+    reopened = RawArchive(tmp_path / "raw").latest(url)
+    assert reopened is not None and reopened.etag == "v1"
+    assert reopened.sha256 == hashlib.sha256(b"v1").hexdigest()
+
+
+def test_opening_reads_only_the_index_tail_after_a_checkpoint(tmp_path: Path) -> None:
+    from etl.archive import CHECKPOINT_EVERY_LINES
+
+    root = tmp_path / "raw"
+    archive = RawArchive(root)
+    urls = [f"http://p/ru/results/jk2021/list/{i}/" for i in range(CHECKPOINT_EVERY_LINES + 10)]
+    for url in urls:
+        archive.store(url, 200, {"ETag": f'"{url}"'}, url.encode(), "t")
+    assert not (root / "index.checkpoint.json").exists()
+    RawArchive(root)  # read the whole index once: it writes the checkpoint
+    checkpoint = json.loads((root / "index.checkpoint.json").read_text())
+    assert checkpoint["offset"] == (root / "index.jsonl").stat().st_size
+    archive.store(urls[0], 200, {"ETag": '"new"'}, b"new", "t2")  # after the checkpoint
+
+    # The checkpoint stands for the lines before its offset: opening does not read them
+    # (here they are made unreadable, and opening still knows every URL's latest page).
+    index = (root / "index.jsonl").read_bytes()
+    head, tail = index[: checkpoint["offset"]], index[checkpoint["offset"]:]
+    (root / "index.jsonl").write_bytes(b"#" * (len(head) - 1) + b"\n" + tail)
+    reopened = RawArchive(root)
+    assert reopened.latest(urls[0]).etag == '"new"'  # type: ignore[union-attr]
+    assert all(reopened.latest(url).etag == f'"{url}"'  # type: ignore[union-attr]
+               for url in urls[1:])
+
+    # A damaged checkpoint is ignored: the whole index is read instead, with the same result.
+    (root / "index.jsonl").write_bytes(index)
+    (root / "index.checkpoint.json").write_text("{not json")
+    again = RawArchive(root)
+    assert again.latest(urls[0]).etag == '"new"'  # type: ignore[union-attr]
+    assert again.latest(urls[-1]).etag == f'"{urls[-1]}"'  # type: ignore[union-attr]
