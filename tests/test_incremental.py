@@ -181,3 +181,28 @@ def test_the_cache_follows_the_last_completed_cycle(
     pages = read_pages(cached)
     assert pages is not None
     assert len(pages.entries) == len(read_snapshot_frames(snapshot_dir)["divisions"])
+
+
+def test_the_replica_restamp_control_changes_only_the_stamp(replica: ReplicaServer) -> None:
+    import urllib.request
+
+    from etl.replica.process import control
+
+    replica.goto("final")
+    url = f"{replica.base_url}/ru/results/jk2021/okrug-2/"
+
+    def get() -> tuple[bytes, str]:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read(), response.headers["Last-Modified"]
+
+    before, modified_before = get()
+    state = control("POST", f"{replica.base_url}/_replica/restamp?seconds=3600")
+    assert state["restamp_seconds"] == 3600.0
+    assert state["portal_time"] == "2021-12-15T17:00:00+06:00"
+    after, modified_after = get()
+    assert b'datetime="2021-12-15T17:00:00+06:00"' in after
+    assert before != after and modified_before != modified_after
+    old_key, new_key = page_key(url, before), page_key(url, after)
+    assert old_key is not None and new_key is not None and old_key.key == new_key.key
+    replica.goto("final")  # goto shows the snapshot's own time again
+    assert get() == (before, modified_before)
