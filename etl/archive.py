@@ -3,7 +3,13 @@
 Layout under the archive root:
   blobs/ab/abcdef…   one file per distinct body, named by its sha256
   index.jsonl        one line per distinct (url, status, sha256): the response's URL,
-                     status, headers and when it was first fetched
+                     status, headers, when it was first fetched, and the text encoding
+                     the body was read with and how it was chosen (`encoding`,
+                     `encoding_source`: header / meta / detected)
+
+A write that fails (a full disk, a file-size limit) leaves nothing half-written: a blob is
+written under a temporary name and renamed, an index line is appended whole or cut off
+again, and the error is an `ArchiveWriteError` naming the archive.
 
 Re-fetching an unchanged page stores nothing new. Any later stage can be re-run from
 here without touching the portal (see `etl.normalise.rebuild_from_archive`).
@@ -11,6 +17,8 @@ here without touching the portal (see `etl.normalise.rebuild_from_archive`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -26,6 +34,10 @@ log = logging.getLogger(__name__)
 KEPT_HEADERS = ("etag", "last-modified", "content-type", "retry-after", "date", "content-length")
 
 
+class ArchiveWriteError(OSError):
+    """The archive could not store a response (disk full, file-size limit, permissions)."""
+
+
 @dataclass(frozen=True)
 class ArchivedResponse:
     """The archive's latest knowledge of a URL: its body and validators."""
@@ -35,6 +47,7 @@ class ArchivedResponse:
     sha256: str
     etag: str | None
     last_modified: str | None
+    encoding: str | None = None
 
 
 class RawArchive:
@@ -49,23 +62,36 @@ class RawArchive:
         self._seen: set[tuple[str, int, str]] = set()
         self._latest_ok: dict[str, ArchivedResponse] = {}
         self._dirs: set[str] = set()
+        self._encodings: dict[tuple[str, str], str] = {}
         self._load_index()
 
     def _load_index(self) -> None:
         if not self.index_path.exists():
             return
         with self.index_path.open(encoding="utf-8") as index:
-            for line in index:
+            for number, line in enumerate(index, start=1):
                 if not line.strip():
                     continue
-                entry = json.loads(line)
-                self._remember(entry["url"], entry["status"], entry["sha256"], entry["headers"])
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    # Only a process killed before this version's whole-line appends can
+                    # leave a torn line; the response it described is fetched again.
+                    log.warning("%s line %d is not a whole entry; ignored", self.index_path, number)
+                    continue
+                self._remember(entry["url"], entry["status"], entry["sha256"], entry["headers"],
+                               entry.get("encoding"))
 
-    def _remember(self, url: str, status: int, sha256: str, headers: dict[str, str]) -> None:
+    def _remember(
+        self, url: str, status: int, sha256: str, headers: dict[str, str],
+        encoding: str | None = None,
+    ) -> None:
         self._seen.add((url, status, sha256))
+        if encoding:
+            self._encodings[(url, sha256)] = encoding
         if status == 200:
             self._latest_ok[url] = ArchivedResponse(
-                url, status, sha256, headers.get("etag"), headers.get("last-modified")
+                url, status, sha256, headers.get("etag"), headers.get("last-modified"), encoding
             )
 
     def blob_path(self, sha256: str) -> Path:
@@ -73,45 +99,87 @@ class RawArchive:
         return self.blobs / sha256[:2] / sha256
 
     def store(
-        self, url: str, status: int, headers: dict[str, str], body: bytes, fetched_at: str
+        self, url: str, status: int, headers: dict[str, str], body: bytes, fetched_at: str,
+        *, encoding: str | None = None, encoding_source: str | None = None,
     ) -> str:
-        """Archive one response before anyone parses it; return the body's sha256."""
+        """Archive one response before anyone parses it; return the body's sha256.
+
+        `encoding` and `encoding_source` say how the body's text is to be read (see
+        `etl.parse.page_encoding`); they go into the index entry.
+        """
         sha256 = hashlib.sha256(body).hexdigest()
         kept = {k: v for k, v in ((k.lower(), v) for k, v in headers.items()) if k in KEPT_HEADERS}
         blob = self.blob_path(sha256)
         if not blob.exists():
-            if blob.parent.name not in self._dirs:
-                blob.parent.mkdir(exist_ok=True)
-                self._dirs.add(blob.parent.name)
-            # Write then rename, so a killed process never leaves a truncated blob behind.
-            # The temporary name is unique per process and thread: no mkstemp (slow here).
-            tmp = blob.parent / f".tmp-{os.getpid()}-{threading.get_ident()}"
-            tmp.write_bytes(body)
-            os.replace(tmp, blob)
+            try:
+                self._write_blob(blob, body)
+            except OSError as exc:
+                raise ArchiveWriteError(
+                    exc.errno, f"cannot write to the raw archive {self.root}: {exc.strerror or exc}"
+                ) from exc
         with self._lock:
             key = (url, status, sha256)
             if key not in self._seen:
-                line = json.dumps(
-                    {"url": url, "status": status, "sha256": sha256, "fetched_at": fetched_at,
-                     "headers": kept},
-                    ensure_ascii=False,
-                )
-                self._append_index(line)
-            self._remember(url, status, sha256, kept)
+                entry: dict[str, object] = {"url": url, "status": status, "sha256": sha256,
+                                            "fetched_at": fetched_at, "headers": kept}
+                if encoding:
+                    entry["encoding"] = encoding
+                    entry["encoding_source"] = encoding_source
+                try:
+                    self._append_index(json.dumps(entry, ensure_ascii=False))
+                except OSError as exc:
+                    raise ArchiveWriteError(
+                        exc.errno,
+                        f"cannot write to the raw archive index {self.index_path}: "
+                        f"{exc.strerror or exc}",
+                    ) from exc
+            self._remember(url, status, sha256, kept, encoding)
         return sha256
+
+    def _write_blob(self, blob: Path, body: bytes) -> None:
+        if blob.parent.name not in self._dirs:
+            blob.parent.mkdir(exist_ok=True)
+            self._dirs.add(blob.parent.name)
+        # Write then rename, so a killed process or a full disk never leaves a truncated
+        # blob behind. The temporary name is unique per process and thread (no mkstemp:
+        # slow here).
+        tmp = blob.parent / f".tmp-{os.getpid()}-{threading.get_ident()}"
+        try:
+            tmp.write_bytes(body)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.replace(tmp, blob)
 
     def _append_index(self, line: str) -> None:
         # Several crawl processes may append at once: an exclusive lock keeps lines whole.
-        with self.index_path.open("a", encoding="utf-8") as index:
-            fcntl.flock(index, fcntl.LOCK_EX)
-            index.write(line + "\n")
-            index.flush()
-            fcntl.flock(index, fcntl.LOCK_UN)
+        # One write of the whole line; if the disk takes only part of it, cut it off again
+        # so the index never holds half an entry.
+        data = (line + "\n").encode("utf-8")
+        fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written")
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def latest(self, url: str) -> ArchivedResponse | None:
         """The last 200 response archived for `url`, for a conditional request."""
         with self._lock:
             return self._latest_ok.get(url)
+
+    def encoding_of(self, url: str, sha256: str) -> str | None:
+        """The encoding the archived body of `url` was read with, if the index says."""
+        with self._lock:
+            return self._encodings.get((url, sha256))
 
     def read(self, sha256: str) -> bytes:
         """The archived body with this digest."""
