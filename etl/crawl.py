@@ -256,6 +256,7 @@ def crawl_contests(
     progress = {contest_id: _ContestProgress() for contest_id in contest_ids}
     seen: set[str] = set()
     variants: dict[str, int] = {}
+    capped: set[str] = set()
     pool, threads = _worker_pool(spec, processes, concurrency)
     pending: dict[Future[list[_Outcome]], list[_Visit]] = {}
     # Finished batches arrive here, so each one costs O(1) (`wait()` on many pending
@@ -272,7 +273,10 @@ def crawl_contests(
                 f"{REFUSED}query-string variant of {bare} beyond CEC_MAX_QUERY_VARIANTS="
                 f"{variant_cap}"))
             return False
+        if bare in capped:
+            return False  # another spelling of a page already listed as not fetched
         if len(seen) >= page_cap:
+            capped.add(bare)
             contest.failures.append(FetchFailure(
                 _url(spec.base_url, visit.path),
                 f"{REFUSED}not fetched: the crawl reached CEC_MAX_PAGES={page_cap} pages"))
