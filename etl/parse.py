@@ -255,20 +255,27 @@ def _decodes(body: bytes, encoding: str) -> bool:
     return True
 
 
+def _utf8_mislabelled(body: bytes, declared: str) -> bool:
+    if codecs.lookup(declared).name in ("utf-8", "utf-8-sig") or body.isascii():
+        return False
+    return _decodes(body, "utf-8")
+
+
 def page_encoding(content_type: str | None, body: bytes) -> tuple[str, str]:
     """The encoding to read a page with, and how it was chosen: header, meta or detected.
 
     The charset of `Content-Type` first, then a `<meta>` charset, each only if the body
     decodes with it; otherwise UTF-8 when the body is valid UTF-8, else what
-    charset-normalizer finds.
+    charset-normalizer finds. A single-byte declaration (latin-1 decodes anything) loses
+    to a body that is valid, non-ASCII UTF-8: legacy text is almost never that.
     """
     declared = _CHARSET_RE.search(content_type or "")
     header = _known_encoding(declared.group(1) if declared else None)
-    if header is not None and _decodes(body, header):
+    if header is not None and _decodes(body, header) and not _utf8_mislabelled(body, header):
         return header, ENCODING_HEADER
     meta_match = _META_CHARSET_RE.search(body[:_META_SCAN_BYTES])
     meta = _known_encoding(meta_match.group(1).decode("ascii") if meta_match else None)
-    if meta is not None and _decodes(body, meta):
+    if meta is not None and _decodes(body, meta) and not _utf8_mislabelled(body, meta):
         return meta, ENCODING_META
     if _decodes(body, "utf-8"):
         return "utf-8", ENCODING_DETECTED

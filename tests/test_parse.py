@@ -600,3 +600,11 @@ def test_encoding_from_meta_then_detected() -> None:
     url = f"{BASE}/ru/results/jk2021/list/7/"
     # Without an encoding given, the parser sniffs the same way.
     assert parse_division(bare, url) == parse_division(page("spec_example_ru.html"), url)
+
+
+def test_a_single_byte_label_on_a_utf8_body_loses_to_the_body() -> None:
+    body = page("spec_example_ru.html")  # its <meta> says utf-8, rightly
+    assert page_encoding("text/html; charset=iso-8859-1", body) == ("utf-8", "meta")
+    bare = body.replace(b'<meta charset="utf-8">', b"")
+    assert page_encoding("text/html; charset=iso-8859-1", bare) == ("utf-8", "detected")
+    assert page_encoding("text/html; charset=windows-1251", bare) == ("utf-8", "detected")
