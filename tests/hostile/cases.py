@@ -557,7 +557,8 @@ CASES: tuple[Case, ...] = (
          on(in_contest, sub("<th>Число голосов</th>", "<th>Голоса избирателей (число)</th>")),
          published_whole),
     Case("struct-extra-column", "structure", "an extra column in the results table", 0, True,
-         on(in_contest, text(lambda b: re.sub(r"(<td>[^<]*%</td>)</tr>", r"\1<td>+0,1</td></tr>", b)
+         on(in_contest, text(lambda b: re.sub(r"(<td>[^<]*</td><td>[^<]*</td><td>[^<]*%</td>)</tr>",
+                                                r"\1<td>+0,1</td></tr>", b)
                              .replace("<th>%</th></tr>", "<th>%</th><th>Изменение</th></tr>"))),
          published_whole),
     Case("struct-unreadable-header", "structure", "a precinct's votes header is 'Итого'", 0, True,
