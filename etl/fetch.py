@@ -256,11 +256,15 @@ class PortalClient:
                     target = urljoin(url, response.headers["Location"])
                     if same_host(self.base_url, target):
                         log.info("redirect %d %s -> %s", response.status_code, url, target)
+                        response.close()
                         url = target
                         continue
                 body = self._read_body(response, ends_at)
-            finally:
-                response.close()
+            except BaseException:
+                response.close()  # a body not read to its end: drop the connection
+                raise
+            # The whole body was read: the connection goes back to the pool (keep-alive).
+            response.raw.release_conn()
             return url, response, body
         raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects from {url}")
 
