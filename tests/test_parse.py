@@ -12,13 +12,13 @@ from etl.parse import (
     NumberFormatError,
     PageParseError,
     PortalMaintenance,
+    page_encoding,
     parse_count,
     parse_counted_of_total,
     parse_division,
     parse_election,
     parse_election_list,
     parse_percent,
-    page_encoding,
 )
 from etl.records import BallotLine, Link, ProtocolFigures
 
