@@ -593,7 +593,7 @@ CASES: tuple[Case, ...] = (
          env={"CEC_MAX_PAGES": "10"}),
     Case("struct-renamed-protocol-row", "structure",
          "the 'protocols processed' row renamed: nothing counts as counted", 3, False,
-         on(in_contest, sub("Обработано протоколов УИК", "Поступило протоколов")),
+         on(in_contest, sub("Обработано протоколов УИК", "Учтено участковых комиссий")),
          (quarantined_by("C2"),)),
     # ---- faults
     Case("fault-disk-full", "faults",
