@@ -41,7 +41,8 @@ def _add_portal_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_scrape(args: argparse.Namespace) -> int:
     """Scrape the portal into a snapshot directory and print a summary."""
-    from etl.fetch import FetchError
+    from etl.archive import ArchiveWriteError
+    from etl.fetch import DeadlineExceeded, FetchError
     from etl.parse import PageParseError
     from etl.scrape import UnknownContestError, scrape
 
@@ -56,6 +57,9 @@ def cmd_scrape(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except (FetchError, PageParseError) as exc:
         print(f"error: cannot read the election page: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (DeadlineExceeded, ArchiveWriteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print_scrape_summary(summary.meta, summary.rows, summary.seconds)
     if summary.rows["divisions"] == 0:
@@ -77,6 +81,15 @@ def print_scrape_summary(meta: dict[str, object], rows: dict[str, int], seconds:
         print(f"  failed: {failure['url']}: {failure['reason']}")
     if len(failures) > 20:
         print(f"  … and {len(failures) - 20} more failures (see snapshot.json)")
+    _print_limits(meta)
+
+
+def _print_limits(meta: dict[str, object]) -> None:
+    """What the crawl's safety limits refused or capped (snapshot.json "limits")."""
+    from etl.scrape import limits_summary
+
+    for line in limits_summary(meta):
+        print(f"  {line}")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -110,11 +123,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_cycle(args: argparse.Namespace) -> int:
     """One full cycle: detect, scrape, normalise, validate, publish, alert."""
     from etl import cycle
+    from etl.archive import ArchiveWriteError
+    from etl.fetch import DeadlineExceeded
 
     portal = args.portal or config.portal_url()
     warehouse = args.warehouse or config.warehouse_url()
-    detection = cycle.detect_change(portal, args.election, contests=args.contests,
-                                    lang=args.lang, archive_root=args.raw_dir)
+    deadline = cycle.cycle_deadline()
+    try:
+        detection = cycle.detect_change(portal, args.election, contests=args.contests,
+                                        lang=args.lang, archive_root=args.raw_dir,
+                                        deadline=deadline)
+    except ArchiveWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if detection.status != cycle.CHANGED:
         sent = cycle.alert_stage(detection.to_dict(), None)
         if detection.status == cycle.UNAVAILABLE:
@@ -125,7 +146,14 @@ def _run_cycle(args: argparse.Namespace) -> int:
         return EXIT_OK
     started = time.perf_counter()
     try:
-        published = _crawl_to_publish(args, detection, portal, warehouse)
+        published = _crawl_to_publish(args, detection, portal, warehouse, deadline)
+    except (DeadlineExceeded, ArchiveWriteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, DeadlineExceeded):
+            print("warning: coverage: the portal was not read in full; the next run retries",
+                  file=sys.stderr)
+        _print_alerts(cycle.alert_stage(detection.to_dict(), None, failure=str(exc)))
+        return EXIT_ERROR
     except Exception as exc:
         # The person on call hears of it (after CEC_ALERT_AFTER_FAILED_RUNS runs), as from
         # the DAG's alert task; a staged snapshot stays for the next run to publish.
@@ -151,6 +179,9 @@ def _run_cycle(args: argparse.Namespace) -> int:
             print(f"  {contest}: {state['reason']}")
     if published.get("clock_warning"):
         print(f"  warning: {published['clock_warning']}")
+    from etl.normalise import read_snapshot_meta
+
+    _print_limits(read_snapshot_meta(Path(published["snapshot_dir"])))
     _print_alerts(sent)
     print(f"{time.perf_counter() - started:.2f}s after change detection")
     if "quarantined" in statuses.values():
@@ -161,18 +192,20 @@ def _run_cycle(args: argparse.Namespace) -> int:
 
 
 def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
-                      warehouse: str) -> dict[str, Any]:
-    """Crawl, assemble, validate and publish; the published summary."""
+                      warehouse: str, deadline: float) -> dict[str, Any]:
+    """Crawl, assemble, validate and publish within the cycle's deadline; the summary."""
     from etl import cycle
 
     batch = cycle.crawl_batch(
         portal, args.election, detection.contests,
-        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.pickle",
+        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.json",
         lang=args.lang, processes=args.processes, concurrency=args.concurrency,
-        archive_root=args.raw_dir, while_crawling=cycle.warm_quality_gate)
+        archive_root=args.raw_dir, deadline=deadline, while_crawling=cycle.warm_quality_gate)
     snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
                                            lang=args.lang, archive_root=args.raw_dir)
+    cycle.check_deadline(deadline, "validation")
     cycle.validate_stage(snapshot_dir, warehouse)
+    cycle.check_deadline(deadline, "publication")
     return cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
 
 

@@ -3,12 +3,19 @@
 Layout under the archive root:
   blobs/ab/abcdef…   one file per distinct body, named by its sha256
   index.jsonl        one line per new (url, status, sha256), and again when a URL returns
-                     to an earlier body: the response's URL, status, headers and when it
-                     was fetched; the last 200 line of a URL is its latest page
+                     to an earlier body: the response's URL, status, headers, when it was
+                     fetched, and the text encoding the body was read with and how it was
+                     chosen (`encoding`, `encoding_source`: header / meta / detected); the
+                     last 200 line of a URL is its latest page
 
   index.checkpoint.json  what the index says up to a byte offset (each URL's latest
-                     response), so that opening the archive reads only the index's tail:
-                     a night's index grows to ~100,000 lines, read by every crawl process
+                     response, the encodings), so that opening the archive reads only the
+                     index's tail: a night's index grows to ~100,000 lines, read by every
+                     crawl process
+
+A write that fails (a full disk, a file-size limit) leaves nothing half-written: a blob is
+written under a temporary name and renamed, an index line is appended whole or cut off
+again, and the error is an `ArchiveWriteError` naming the archive.
 
 Re-fetching an unchanged page stores nothing new. Any later stage can be re-run from
 here without touching the portal (see `etl.normalise.rebuild_from_archive`).
@@ -16,6 +23,8 @@ here without touching the portal (see `etl.normalise.rebuild_from_archive`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -33,6 +42,10 @@ CHECKPOINT_EVERY_LINES = 2000
 KEPT_HEADERS = ("etag", "last-modified", "content-type", "retry-after", "date", "content-length")
 
 
+class ArchiveWriteError(OSError):
+    """The archive could not store a response (disk full, file-size limit, permissions)."""
+
+
 @dataclass(frozen=True)
 class ArchivedResponse:
     """The archive's latest knowledge of a URL: its body and validators."""
@@ -42,6 +55,7 @@ class ArchivedResponse:
     sha256: str
     etag: str | None
     last_modified: str | None
+    encoding: str | None = None
 
 
 class RawArchive:
@@ -58,6 +72,7 @@ class RawArchive:
         self._latest: dict[tuple[str, int], str] = {}
         self._latest_ok: dict[str, ArchivedResponse] = {}
         self._dirs: set[str] = set()
+        self._encodings: dict[tuple[str, str], str] = {}
         self._load_index()
 
     def _load_index(self) -> None:
@@ -70,11 +85,19 @@ class RawArchive:
         # Only whole lines: another process may be appending one right now.
         whole = tail[: tail.rfind(b"\n") + 1]
         lines = 0
-        for line in whole.splitlines():
+        for number, line in enumerate(whole.splitlines(), start=1):
             if not line.strip():
                 continue
-            entry = json.loads(line)
-            self._remember(entry["url"], entry["status"], entry["sha256"], entry["headers"])
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                # Only a process killed before whole-line appends existed can leave a torn
+                # line; the response it described is fetched again.
+                log.warning("%s line %d after offset %d is not a whole entry; ignored",
+                            self.index_path, number, offset)
+                continue
+            self._remember(entry["url"], entry["status"], entry["sha256"], entry["headers"],
+                           entry.get("encoding"))
             lines += 1
         if lines >= CHECKPOINT_EVERY_LINES:
             self._write_checkpoint(offset + len(whole))
@@ -86,11 +109,14 @@ class RawArchive:
             offset = int(checkpoint["offset"])
             if offset > self.index_path.stat().st_size:
                 raise ValueError("the checkpoint is ahead of the index")
+            for url, sha256, encoding in checkpoint.get("encodings", []):
+                self._encodings[(url, sha256)] = encoding
             for url, status, sha256, etag, last_modified in checkpoint["latest"]:
                 self._latest[(url, status)] = sha256
                 if status == 200:
-                    self._latest_ok[url] = ArchivedResponse(url, status, sha256, etag,
-                                                            last_modified)
+                    self._latest_ok[url] = ArchivedResponse(
+                        url, status, sha256, etag, last_modified,
+                        self._encodings.get((url, sha256)))
         except FileNotFoundError:
             return 0
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -98,6 +124,7 @@ class RawArchive:
                         self.checkpoint_path, exc)
             self._latest.clear()
             self._latest_ok.clear()
+            self._encodings.clear()
             return 0
         return offset
 
@@ -107,17 +134,28 @@ class RawArchive:
             ok = self._latest_ok.get(url) if status == 200 else None
             latest.append([url, status, sha256, ok.etag if ok else None,
                            ok.last_modified if ok else None])
+        encodings = [[url, sha256, encoding] for (url, sha256), encoding in self._encodings.items()]
         tmp = self.checkpoint_path.with_name(
             f".{self.checkpoint_path.name}.{os.getpid()}-{threading.get_ident()}")
-        tmp.write_text(json.dumps({"offset": offset, "latest": latest}, ensure_ascii=False),
-                       encoding="utf-8")
-        os.replace(tmp, self.checkpoint_path)
+        try:
+            tmp.write_text(json.dumps({"offset": offset, "latest": latest, "encodings": encodings},
+                                      ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, self.checkpoint_path)
+        except OSError as exc:  # only an optimisation: a full disk must not stop a reader
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("could not write the archive checkpoint %s: %s", self.checkpoint_path, exc)
 
-    def _remember(self, url: str, status: int, sha256: str, headers: dict[str, str]) -> None:
+    def _remember(
+        self, url: str, status: int, sha256: str, headers: dict[str, str],
+        encoding: str | None = None,
+    ) -> None:
         self._latest[(url, status)] = sha256
+        if encoding:
+            self._encodings[(url, sha256)] = encoding
         if status == 200:
             self._latest_ok[url] = ArchivedResponse(
-                url, status, sha256, headers.get("etag"), headers.get("last-modified")
+                url, status, sha256, headers.get("etag"), headers.get("last-modified"), encoding
             )
 
     def blob_path(self, sha256: str) -> Path:
@@ -125,46 +163,88 @@ class RawArchive:
         return self.blobs / sha256[:2] / sha256
 
     def store(
-        self, url: str, status: int, headers: dict[str, str], body: bytes, fetched_at: str
+        self, url: str, status: int, headers: dict[str, str], body: bytes, fetched_at: str,
+        *, encoding: str | None = None, encoding_source: str | None = None,
     ) -> str:
-        """Archive one response before anyone parses it; return the body's sha256."""
+        """Archive one response before anyone parses it; return the body's sha256.
+
+        `encoding` and `encoding_source` say how the body's text is to be read (see
+        `etl.parse.page_encoding`); they go into the index entry.
+        """
         sha256 = hashlib.sha256(body).hexdigest()
         kept = {k: v for k, v in ((k.lower(), v) for k, v in headers.items()) if k in KEPT_HEADERS}
         blob = self.blob_path(sha256)
         if not blob.exists():
-            if blob.parent.name not in self._dirs:
-                blob.parent.mkdir(exist_ok=True)
-                self._dirs.add(blob.parent.name)
-            # Write then rename, so a killed process never leaves a truncated blob behind.
-            # The temporary name is unique per process and thread: no mkstemp (slow here).
-            tmp = blob.parent / f".tmp-{os.getpid()}-{threading.get_ident()}"
-            tmp.write_bytes(body)
-            os.replace(tmp, blob)
+            try:
+                self._write_blob(blob, body)
+            except OSError as exc:
+                raise ArchiveWriteError(
+                    exc.errno, f"cannot write to the raw archive {self.root}: {exc.strerror or exc}"
+                ) from exc
         with self._lock:
             # A URL back at an earlier body gets a line again, so that the last line of a
             # URL is always its latest page, for the next process that opens the archive.
             if self._latest.get((url, status)) != sha256:
-                line = json.dumps(
-                    {"url": url, "status": status, "sha256": sha256, "fetched_at": fetched_at,
-                     "headers": kept},
-                    ensure_ascii=False,
-                )
-                self._append_index(line)
-            self._remember(url, status, sha256, kept)
+                entry: dict[str, object] = {"url": url, "status": status, "sha256": sha256,
+                                            "fetched_at": fetched_at, "headers": kept}
+                if encoding:
+                    entry["encoding"] = encoding
+                    entry["encoding_source"] = encoding_source
+                try:
+                    self._append_index(json.dumps(entry, ensure_ascii=False))
+                except OSError as exc:
+                    raise ArchiveWriteError(
+                        exc.errno,
+                        f"cannot write to the raw archive index {self.index_path}: "
+                        f"{exc.strerror or exc}",
+                    ) from exc
+            self._remember(url, status, sha256, kept, encoding)
         return sha256
+
+    def _write_blob(self, blob: Path, body: bytes) -> None:
+        if blob.parent.name not in self._dirs:
+            blob.parent.mkdir(exist_ok=True)
+            self._dirs.add(blob.parent.name)
+        # Write then rename, so a killed process or a full disk never leaves a truncated
+        # blob behind. The temporary name is unique per process and thread (no mkstemp:
+        # slow here).
+        tmp = blob.parent / f".tmp-{os.getpid()}-{threading.get_ident()}"
+        try:
+            tmp.write_bytes(body)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.replace(tmp, blob)
 
     def _append_index(self, line: str) -> None:
         # Several crawl processes may append at once: an exclusive lock keeps lines whole.
-        with self.index_path.open("a", encoding="utf-8") as index:
-            fcntl.flock(index, fcntl.LOCK_EX)
-            index.write(line + "\n")
-            index.flush()
-            fcntl.flock(index, fcntl.LOCK_UN)
+        # One write of the whole line; if the disk takes only part of it, cut it off again
+        # so the index never holds half an entry.
+        data = (line + "\n").encode("utf-8")
+        fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written")
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def latest(self, url: str) -> ArchivedResponse | None:
         """The last 200 response archived for `url`, for a conditional request."""
         with self._lock:
             return self._latest_ok.get(url)
+
+    def encoding_of(self, url: str, sha256: str) -> str | None:
+        """The encoding the archived body of `url` was read with, if the index says."""
+        with self._lock:
+            return self._encodings.get((url, sha256))
 
     def read(self, sha256: str) -> bytes:
         """The archived body with this digest."""

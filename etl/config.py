@@ -86,3 +86,37 @@ def max_retries() -> int:
 def crawl_batches() -> int:
     """Mapped crawl tasks per DAG run (`CEC_CRAWL_BATCHES`, default 4)."""
     return int(env("CEC_CRAWL_BATCHES", "4"))
+
+
+def request_deadline() -> float:
+    """Total seconds one request may take, however slowly the body trickles in
+    (`CEC_REQUEST_DEADLINE`, default 30); a read timeout alone never ends a slow body."""
+    return float(env("CEC_REQUEST_DEADLINE", "30"))
+
+
+def crawl_deadline() -> float:
+    """Seconds a crawl may take before it stops (`CEC_CRAWL_DEADLINE`, default 240)."""
+    return float(env("CEC_CRAWL_DEADLINE", "240"))
+
+
+def cycle_deadline() -> float:
+    """Seconds one whole cycle may take (`CEC_CYCLE_DEADLINE`, default 285: under the
+    5-minute schedule, so a cycle never overlaps the next)."""
+    return float(env("CEC_CYCLE_DEADLINE", "285"))
+
+
+def max_page_bytes() -> int:
+    """Largest response body read; a larger one fails its page (`CEC_MAX_PAGE_BYTES`,
+    default 5 MiB: the portal's largest page is ~60 KB)."""
+    return int(env("CEC_MAX_PAGE_BYTES", str(5 * 1024 * 1024)))
+
+
+def max_pages() -> int:
+    """Pages one crawl fetches at most (`CEC_MAX_PAGES`, default 20000: a snapshot of the
+    2021 portal is ~5,000 pages per language)."""
+    return int(env("CEC_MAX_PAGES", "20000"))
+
+
+def max_query_variants() -> int:
+    """Distinct query strings followed per path (`CEC_MAX_QUERY_VARIANTS`, default 1)."""
+    return int(env("CEC_MAX_QUERY_VARIANTS", "1"))

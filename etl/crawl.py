@@ -25,13 +25,15 @@ from concurrent.futures import (
     ProcessPoolExecutor,
     ThreadPoolExecutor,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
+from etl import config
 from etl.archive import RawArchive
 from etl.fastparse import parse_division_page
-from etl.fetch import FetchedPage, FetchError, PortalClient, absolute_url
+from etl.fetch import REFUSED, DeadlineExceeded, FetchedPage, FetchError, PortalClient, absolute_url
 from etl.pagecache import PageCache, cache_entry, page_key, reuse
 from etl.parse import PageParseError, parse_election
 from etl.records import CrawledDivision, DivisionPage, ElectionPage, FetchFailure, PageRef
@@ -52,19 +54,22 @@ class SourceSpec:
     """A picklable recipe for a `PageSource`, so crawl processes can build their own.
 
     `archived_pages` (URL -> sha256) switches the source from the portal to the archive.
+    `deadline` (epoch seconds) is when every fetch must have ended.
     """
 
     base_url: str
     archive_root: Path
     pool_size: int = 16
     archived_pages: tuple[tuple[str, str], ...] | None = None
+    deadline: float | None = None
 
     def open(self) -> PageSource:
         """Build the source this spec describes."""
         archive = RawArchive(self.archive_root)
         if self.archived_pages is not None:
             return ArchiveSource(self.base_url, archive, dict(self.archived_pages))
-        return PortalClient(self.base_url, archive, pool_size=self.pool_size)
+        return PortalClient(self.base_url, archive, pool_size=self.pool_size,
+                            deadline=self.deadline)
 
 
 class ArchiveSource:
@@ -81,7 +86,8 @@ class ArchiveSource:
         sha256 = self.pages.get(url)
         if sha256 is None:
             raise FetchError(url, "not in the archived snapshot")
-        return FetchedPage(url, 200, self.archive.read(sha256), sha256, not_modified=True)
+        return FetchedPage(url, 200, self.archive.read(sha256), sha256, not_modified=True,
+                           encoding=self.archive.encoding_of(url, sha256))
 
     def close(self) -> None:
         """Nothing to release."""
@@ -105,6 +111,9 @@ class ContestCrawl:
     pages_reused: int = 0
     # page key -> cache entry of every page read, for the next cycle (see etl.pagecache)
     parsed_pages: tuple[tuple[str, str, str], ...] = ()
+    # Links not followed by policy without losing a page (query-string variants of a path
+    # already fetched): for the cycle summary, not coverage failures.
+    refused: tuple[FetchFailure, ...] = ()
 
 
 def election_path(lang: str, election_id: str) -> str:
@@ -141,6 +150,7 @@ class _ContestProgress:
     divisions: list[tuple[tuple[int, ...], CrawledDivision]] = field(default_factory=list)
     failures: list[FetchFailure] = field(default_factory=list)
     pages: list[PageRef] = field(default_factory=list)
+    refused: list[FetchFailure] = field(default_factory=list)
     fetched: int = 0
     not_modified: int = 0
     read_as: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_READ_AS, 0))
@@ -208,7 +218,7 @@ def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
             return _Outcome(page.url, page.sha256, page.not_modified, reused, None, _REUSED,
                             keyed.key)
     try:
-        division, fell_back = parse_division_page(page.body, page.url)
+        division, fell_back = parse_division_page(page.body, page.url, page.encoding)
     except PageParseError as exc:
         return _Outcome(page.url, page.sha256, page.not_modified, None,
                         FetchFailure(exc.url, str(exc), 200))
@@ -253,6 +263,9 @@ def crawl_contests(
     processes: int,
     cache: PageCache | None = None,
     while_crawling: Callable[[], object] | None = None,
+    deadline: float | None = None,
+    max_pages: int | None = None,
+    max_query_variants: int | None = None,
 ) -> list[ContestCrawl]:
     """Crawl contests from their root pages down every link.
 
@@ -264,21 +277,55 @@ def crawl_contests(
     `while_crawling` runs in a thread of this process, which is otherwise idle while the
     workers fetch and parse (e.g. importing the quality gate); it starts once the workers
     are forked, so that no child inherits a lock it holds, and ends before this returns.
+
+    Limits: the crawl ends by `deadline` (epoch seconds; default `CEC_CRAWL_DEADLINE` from
+    now), else `DeadlineExceeded`; at most `max_pages` pages are fetched (the rest are
+    failures: coverage is lost), and at most `max_query_variants` query strings per path
+    (the rest are refused: the path's page is already had).
     """
     global _cache  # noqa: PLW0603 - read by the workers, which fork after this line
     _cache = cache
     started = time.perf_counter()
+    started_at = time.time()
+    ends_at = time.time() + config.crawl_deadline()
+    ends_at = ends_at if deadline is None else min(ends_at, deadline)
+    page_cap = config.max_pages() if max_pages is None else max_pages
+    variant_cap = config.max_query_variants() if max_query_variants is None else max_query_variants
+    spec = replace(spec, deadline=ends_at)
     progress = {contest_id: _ContestProgress() for contest_id in contest_ids}
     seen: set[str] = set()
+    variants: dict[str, int] = {}
+    capped: set[str] = set()
     pool, threads = _worker_pool(spec, processes, concurrency)
     pending: dict[Future[list[_Outcome]], list[_Visit]] = {}
     # Finished batches arrive here, so each one costs O(1) (`wait()` on many pending
     # futures would rescan them all every time).
     finished: queue.SimpleQueue[Future[list[_Outcome]]] = queue.SimpleQueue()
 
+    def admitted(visit: _Visit) -> bool:
+        """Whether a new link is within the page cap and the query-variant cap."""
+        contest = progress[visit.contest_id]
+        bare = urlsplit(visit.path).path
+        if variants.get(bare, 0) >= variant_cap:  # another spelling of a path already had
+            contest.refused.append(FetchFailure(
+                _url(spec.base_url, visit.path),
+                f"{REFUSED}query-string variant of {bare} beyond CEC_MAX_QUERY_VARIANTS="
+                f"{variant_cap}"))
+            return False
+        if bare in capped:
+            return False  # another spelling of a page already listed as not fetched
+        if len(seen) >= page_cap:
+            capped.add(bare)
+            contest.failures.append(FetchFailure(
+                _url(spec.base_url, visit.path),
+                f"{REFUSED}not fetched: the crawl reached CEC_MAX_PAGES={page_cap} pages"))
+            return False
+        variants[bare] = variants.get(bare, 0) + 1
+        seen.add(visit.path)
+        return True
+
     def submit(visits: list[_Visit]) -> None:
-        fresh = [v for v in visits if v.path not in seen]
-        seen.update(v.path for v in fresh)
+        fresh = [v for v in visits if v.path not in seen and admitted(v)]
         for start in range(0, len(fresh), BATCH_SIZE):
             batch = fresh[start:start + BATCH_SIZE]
             future = pool.submit(_visit_batch, [v.path for v in batch], threads)
@@ -294,7 +341,14 @@ def crawl_contests(
                                          name="while-crawling", daemon=True)
             side_task.start()
         while pending:
-            future = finished.get()
+            try:
+                # Fetches end by the deadline on their own; the grace covers a worker
+                # stuck past it (one read timeout), so this wait is never unbounded.
+                future = finished.get(timeout=max(0.1, ends_at + DEADLINE_GRACE_S - time.time()))
+            except queue.Empty:
+                raise _deadline_error(election_id, progress, len(seen), ends_at - started_at,
+                                      pending_pages=sum(len(v) for v in pending.values())
+                                      ) from None
             for visit, outcome in zip(pending.pop(future), future.result(), strict=True):
                 contest = progress[visit.contest_id]
                 if outcome.division is None:
@@ -306,12 +360,15 @@ def crawl_contests(
                                (*visit.order, position))
                         for position, child in enumerate(outcome.division.children)])
     finally:
-        pool.shutdown(cancel_futures=True)
+        # After a deadline, do not wait for a stuck worker: its fetch ends on its own.
+        pool.shutdown(wait=time.time() < ends_at + DEADLINE_GRACE_S, cancel_futures=True)
         _cache = None
         if side_task is not None:
-            side_task.join()
+            side_task.join(timeout=max(0.0, ends_at + DEADLINE_GRACE_S - time.time()))
         if processes <= 1:
             _close_source()
+    if time.time() > ends_at:
+        raise _deadline_error(election_id, progress, len(seen), ends_at - started_at)
     crawls = []
     for contest_id, contest in progress.items():
         log.info("crawled %s/%s: %d divisions, %d fetched, %d not modified, %d failed; "
@@ -324,7 +381,8 @@ def crawl_contests(
             tuple(contest.pages), contest.fetched, contest.not_modified,
             pages_parsed_fast=contest.read_as[_FAST],
             pages_parsed_fallback=contest.read_as[_FALLBACK],
-            pages_reused=contest.read_as[_REUSED], parsed_pages=tuple(contest.parsed_pages)))
+            pages_reused=contest.read_as[_REUSED], parsed_pages=tuple(contest.parsed_pages),
+            refused=tuple(contest.refused)))
     log.info("crawled %d contests of %s in %.2fs", len(crawls), election_id,
              time.perf_counter() - started)
     return crawls
@@ -335,6 +393,31 @@ def _run_logged(task: Callable[[], object]) -> None:
         task()
     except Exception:  # the stage that needs it fails loudly in its turn
         log.exception("%s failed while crawling", getattr(task, "__name__", task))
+
+
+# Seconds past the crawl deadline the coordinator waits for in-flight fetches to give up.
+DEADLINE_GRACE_S = 15.0
+
+
+def _url(base_url: str, path: str) -> str:
+    try:
+        return absolute_url(base_url, path)
+    except FetchError as exc:
+        return exc.url
+
+
+def _deadline_error(
+    election_id: str, progress: dict[str, _ContestProgress], admitted: int, budget: float,
+    pending_pages: int = 0,
+) -> DeadlineExceeded:
+    parsed = sum(len(c.divisions) for c in progress.values())
+    failed = sum(len(c.failures) for c in progress.values())
+    return DeadlineExceeded(
+        f"crawl of {election_id} hit its deadline of {budget:.0f}s "
+        f"(CEC_CRAWL_DEADLINE / CEC_CYCLE_DEADLINE): coverage incomplete, {parsed} of "
+        f"{admitted} pages parsed, {failed} failed, {pending_pages} still in flight; "
+        f"nothing was published from this crawl"
+    )
 
 
 def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome) -> str:

@@ -12,12 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,27 @@ from typing import Any
 from etl import config
 from etl.archive import RawArchive
 from etl.crawl import ContestCrawl, SourceSpec, contest_path, crawl_contests, election_path
-from etl.fetch import FetchedPage, FetchError, PortalClient, absolute_url, utc_now
+from etl.fetch import (
+    DeadlineExceeded,
+    FetchedPage,
+    FetchError,
+    PortalClient,
+    absolute_url,
+    utc_now,
+)
 from etl.identifiers import InvalidIdentifierError, checked_id, checked_ids
 from etl.normalise import read_snapshot_meta, write_snapshot
 from etl.pagecache import cache_path, read_pages, write_pages
 from etl.parse import PageParseError, parse_election
+from etl.records import (
+    BallotLine,
+    CrawledDivision,
+    DivisionPage,
+    FetchFailure,
+    Link,
+    PageRef,
+    ProtocolFigures,
+)
 from etl.scrape import assemble
 
 # The parsed pages of a snapshot, kept in its directory and, once its cycle completes,
@@ -164,7 +180,7 @@ def _instant(text: str) -> datetime:
 
 def detect_change(
     portal: str, election_id: str, *, contests: Sequence[str] | None = None,
-    lang: str | None = None, archive_root: Path | None = None,
+    lang: str | None = None, archive_root: Path | None = None, deadline: float | None = None,
 ) -> Detection:
     """Conditional requests for the election page and each contest's root page.
 
@@ -174,11 +190,11 @@ def detect_change(
     """
     lang = lang or config.portal_lang()
     checked_id(election_id, "election id")
-    client = PortalClient(portal, RawArchive(archive_root or config.raw_dir()))
+    client = PortalClient(portal, RawArchive(archive_root or config.raw_dir()), deadline=deadline)
     checked_at = utc_now()
     try:
         election_page = client.fetch(election_path(lang, election_id))
-        election = parse_election(election_page.body, election_page.url)
+        election = parse_election(election_page.body, election_page.url, election_page.encoding)
         # The portal's contest ids become directory and file names: refuse odd ones.
         listed = checked_ids((link.segment for link in election.contests),
                              "contest id on the election page")
@@ -214,15 +230,31 @@ def run_dir(election_id: str, run_key: str) -> Path:
     return config.staging_dir() / election_id / "runs" / run_key
 
 
+def cycle_deadline(started: float | None = None) -> float:
+    """When a cycle started at `started` (epoch seconds, default now) must have ended."""
+    return (time.time() if started is None else started) + config.cycle_deadline()
+
+
+def check_deadline(deadline: float | None, stage: str) -> None:
+    """Raise `DeadlineExceeded` if the cycle's deadline has passed before `stage`."""
+    if deadline is not None and time.time() > deadline:
+        raise DeadlineExceeded(
+            f"the cycle hit its deadline (CEC_CYCLE_DEADLINE={config.cycle_deadline():g}s) "
+            f"before {stage}; nothing was published by this cycle")
+
+
 def crawl_batch(
     portal: str, election_id: str, contests: Sequence[str], out_path: Path, *,
     lang: str | None = None, processes: int | None = None, concurrency: int | None = None,
     archive_root: Path | None = None, while_crawling: Callable[[], object] | None = None,
+    deadline: float | None = None,
 ) -> Path:
-    """Crawl a batch of contests and stage the parsed pages (a pickle for the next task).
+    """Crawl a batch of contests and stage the parsed pages as JSON for the next task.
 
-    Pages that changed only their `updated` stamp since the last completed cycle are not
-    parsed again; the batch's parsed pages go beside it (`_parsed_pages_path`) for the cache.
+    JSON, not pickle: the parsed pages came from the portal, and unpickling a file runs
+    whatever it says. Pages that changed only their `updated` stamp since the last
+    completed cycle are not parsed again; the batch's parsed pages go beside it
+    (`_parsed_pages_path`) for the cache.
     """
     spec = SourceSpec(portal, archive_root or config.raw_dir(),
                       pool_size=concurrency or config.concurrency())
@@ -230,22 +262,92 @@ def crawl_batch(
     crawls = crawl_contests(spec, lang or config.portal_lang(), election_id, contests,
                             concurrency=concurrency or config.concurrency(),
                             processes=processes or config.crawl_processes(), cache=cache,
-                            while_crawling=while_crawling)
+                            while_crawling=while_crawling, deadline=deadline)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_pages(_parsed_pages_path(out_path),
                 ((crawl.contest_id, url, key, entry) for crawl in crawls
                  for url, key, entry in crawl.parsed_pages))
     crawls = [dataclasses.replace(crawl, parsed_pages=()) for crawl in crawls]
-    tmp = out_path.with_suffix(".tmp")
-    # Pickle, not JSON: this file lives only between two tasks of the same code version.
-    with tmp.open("wb") as staged:
-        pickle.dump(crawls, staged, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    document = {"format": STAGING_FORMAT, "crawls": [_crawl_to_json(c) for c in crawls]}
+    tmp.write_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+                   encoding="utf-8")
     os.replace(tmp, out_path)
     return out_path
 
 
 def _parsed_pages_path(batch_path: Path) -> Path:
     return batch_path.with_name(f"{batch_path.stem}.pages.parquet")
+
+
+STAGING_FORMAT = "cec-crawl-batch/1"
+
+
+def read_crawl_batch(path: Path) -> list[ContestCrawl]:
+    """The crawled contests a `crawl_batch` staged (JSON; never executes anything)."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or document.get("format") != STAGING_FORMAT:
+        raise ValueError(f"{path} is not a staged crawl batch ({STAGING_FORMAT})")
+    return [_crawl_from_json(c) for c in document["crawls"]]
+
+
+def _crawl_to_json(crawl: ContestCrawl) -> dict[str, Any]:
+    # Positional lists, not dicts per record: a snapshot has ~5,000 pages and ~100,000 lines.
+    return {
+        "election_id": crawl.election_id,
+        "contest_id": crawl.contest_id,
+        "divisions": [[d.contest_id, d.division_id, d.parent_id, d.url, d.sha256,
+                       _page_to_json(d.page)] for d in crawl.divisions],
+        "failures": [astuple(f) for f in crawl.failures],
+        "pages": [astuple(p) for p in crawl.pages],
+        "pages_fetched": crawl.pages_fetched,
+        "pages_not_modified": crawl.pages_not_modified,
+        "pages_parsed_fast": crawl.pages_parsed_fast,
+        "pages_parsed_fallback": crawl.pages_parsed_fallback,
+        "pages_reused": crawl.pages_reused,
+        "refused": [astuple(f) for f in crawl.refused],
+    }
+
+
+def _page_to_json(page: DivisionPage) -> list[Any]:
+    return [
+        page.declared_id, page.level, page.name,
+        page.portal_updated_at.isoformat() if page.portal_updated_at else None,
+        astuple(page.protocol), page.has_results_table,
+        [[ln.choice_position, ln.choice_name, ln.is_against_all, ln.votes, ln.pct_published]
+         for ln in page.lines],
+        [[ln.segment, ln.name, ln.href] for ln in page.children],
+        [list(cell) for cell in page.fractional_counts],
+    ]
+
+
+def _crawl_from_json(doc: dict[str, Any]) -> ContestCrawl:
+    return ContestCrawl(
+        election_id=doc["election_id"],
+        contest_id=doc["contest_id"],
+        divisions=tuple(CrawledDivision(c, d, parent, url, sha, _page_from_json(page))
+                        for c, d, parent, url, sha, page in doc["divisions"]),
+        failures=tuple(FetchFailure(*f) for f in doc["failures"]),
+        pages=tuple(PageRef(*p) for p in doc["pages"]),
+        pages_fetched=doc["pages_fetched"],
+        pages_not_modified=doc["pages_not_modified"],
+        pages_parsed_fast=doc["pages_parsed_fast"],
+        pages_parsed_fallback=doc["pages_parsed_fallback"],
+        pages_reused=doc["pages_reused"],
+        refused=tuple(FetchFailure(*f) for f in doc["refused"]),
+    )
+
+
+def _page_from_json(doc: list[Any]) -> DivisionPage:
+    declared, level, name, updated, protocol, has_results, lines, children, fractional = doc
+    return DivisionPage(
+        declared_id=declared, level=level, name=name,
+        portal_updated_at=datetime.fromisoformat(updated) if updated else None,
+        protocol=ProtocolFigures(*protocol), has_results_table=has_results,
+        lines=tuple(BallotLine(*line) for line in lines),
+        children=tuple(Link(*link) for link in children),
+        fractional_counts=tuple((figure, text) for figure, text in fractional),
+    )
 
 
 def assemble_snapshot(
@@ -259,8 +361,7 @@ def assemble_snapshot(
     lang = lang or config.portal_lang()
     crawls: list[ContestCrawl] = []
     for path in batch_paths:
-        with Path(path).open("rb") as staged:
-            crawls.extend(pickle.load(staged))  # our own staging file, written by crawl_batch
+        crawls.extend(read_crawl_batch(Path(path)))
     # The election page was fetched (and archived) by detect_change: this stage reads the
     # archive only, so it can be re-run without the portal.
     archive = RawArchive(archive_root or config.raw_dir())
@@ -269,7 +370,7 @@ def assemble_snapshot(
     if latest is None:
         raise FileNotFoundError(f"{election_url} is not in the raw archive: run detect_change first")
     election_page = FetchedPage(election_url, 200, archive.read(latest.sha256), latest.sha256,
-                                not_modified=True)
+                                not_modified=True, encoding=latest.encoding)
     meta, frames = assemble(portal, lang, election_id, election_page, crawls, fetched_at)
     target = config.staging_dir() / election_id / "snapshots" / meta["snapshot_id"]
     if (target / "snapshot.json").exists():
@@ -348,8 +449,13 @@ def publish_stage(snapshot_dir: Path, warehouse_url: str, fingerprint: str | Non
     }
 
 
-def alert_stage(detection: dict[str, Any], published: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Send the alerts this cycle calls for, once each; log the cycle to `cycles.jsonl`."""
+def alert_stage(
+    detection: dict[str, Any], published: dict[str, Any] | None, failure: str | None = None,
+) -> list[dict[str, Any]]:
+    """Send the alerts this cycle calls for, once each; log the cycle to `cycles.jsonl`.
+
+    `failure` says why a changed portal's cycle published nothing (e.g. a deadline).
+    """
     import pandas as pd
 
     from etl.alerts import alert_on_failed_run, alert_on_snapshot, alert_on_unchanged_portal
@@ -362,7 +468,7 @@ def alert_stage(detection: dict[str, Any], published: dict[str, Any] | None) -> 
         result = alert_on_unchanged_portal(election_id)
     elif published is None:
         result = alert_on_failed_run(
-            election_id, "the cycle failed after the portal changed; see the Airflow task logs")
+            election_id, failure or "the cycle failed after the portal changed; see the Airflow task logs")
     else:
         snapshot_dir = Path(published["snapshot_dir"])
         meta = read_snapshot_meta(snapshot_dir)

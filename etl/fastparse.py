@@ -58,16 +58,21 @@ _PARSER = etree.HTMLParser(encoding="utf-8", remove_blank_text=False, no_network
                            recover=True)
 
 
-def parse_division_page(html: bytes, url: str) -> tuple[DivisionPage, bool]:
+def parse_division_page(
+    html: bytes, url: str, encoding: str | None = None,
+) -> tuple[DivisionPage, bool]:
     """Parse a division page, fast when it is SPEC-shaped; (page, whether it fell back).
 
     Raises what `etl.parse.parse_division` raises: the parser of record decides every
-    page the fast path does not read.
+    page the fast path does not read, and every page declared in an encoding other than
+    UTF-8 (`encoding` is what the fetcher chose from the headers, `<meta>` or detection).
     """
+    if encoding is not None and encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return parse_division(html, url, encoding), True
     try:
         return parse_division_fast(html, url), False
     except NotSpecShaped:
-        return parse_division(html, url), True
+        return parse_division(html, url, encoding), True
 
 
 def parse_division_fast(html: bytes, url: str) -> DivisionPage:

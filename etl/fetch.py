@@ -1,8 +1,13 @@
-"""HTTP client for the portal: pooled session, timeouts, retries, conditional requests.
+"""HTTP client for the portal: pooled session, deadlines, retries, conditional requests.
 
 `PortalClient.fetch(path)` returns the page's bytes, archived before anyone parses them.
 Retries are ours, not urllib3's, so that each one is logged with its reason and a
 `Retry-After` from the portal is honoured.
+
+Safety (issue 10): every fetch has a total deadline (a body trickling in byte by byte
+ends at the deadline, not never), a body larger than `CEC_MAX_PAGE_BYTES` is cut off
+and refused, redirects are followed only on the portal's own host and a page is
+archived under the URL that answered, and absolute URLs to another host are refused.
 """
 
 from __future__ import annotations
@@ -12,17 +17,25 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from etl import config
 from etl.archive import RawArchive
+from etl.parse import page_encoding
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_BACKOFF_S = 30.0
+MAX_REDIRECTS = 5
+READ_CHUNK = 65_536
+# Reasons of pages refused by policy (not broken) start with this, so the cycle summary
+# can tell them from failures.
+REFUSED = "refused: "
 
 
 class FetchError(Exception):
@@ -35,15 +48,24 @@ class FetchError(Exception):
         self.status = status
 
 
+class DeadlineExceeded(Exception):
+    """A crawl or a cycle ran out of its time budget (`CEC_CRAWL_DEADLINE`, `CEC_CYCLE_DEADLINE`)."""
+
+
 @dataclass(frozen=True)
 class FetchedPage:
-    """A page's body and where it came from (a fresh 200 or the archive after a 304)."""
+    """A page's body and where it came from (a fresh 200 or the archive after a 304).
+
+    `url` is the URL that answered (after same-host redirects); `encoding` is how its text
+    is read (`etl.parse.page_encoding`).
+    """
 
     url: str
     status: int
     body: bytes
     sha256: str
     not_modified: bool
+    encoding: str | None = None
 
 
 def utc_now() -> str:
@@ -51,11 +73,33 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def same_host(base_url: str, url: str) -> bool:
+    """Whether `url` is on the portal's scheme, host and port."""
+    base, other = urlsplit(base_url), urlsplit(url)
+    return (base.scheme, base.netloc.lower()) == (other.scheme, other.netloc.lower())
+
+
 def absolute_url(base_url: str, path: str) -> str:
-    """Absolute URL of a portal path (hrefs on the pages are site-absolute)."""
-    if path.startswith(("http://", "https://")):
-        return path
+    """Absolute URL of a portal path (hrefs on the pages are site-absolute).
+
+    An absolute URL is accepted only on the portal's own host: anything else is refused
+    with a `FetchError`, so a page can never send the crawler elsewhere.
+    """
+    if path.startswith(("http://", "https://", "//")):
+        url = urljoin(base_url, path)
+        if not same_host(base_url, url):
+            raise FetchError(url, f"{REFUSED}a link to another host than the portal's "
+                                  f"({urlsplit(base_url).netloc})")
+        return url
     return f"{base_url.rstrip('/')}/{path.lstrip('/')}"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _DeadlineHit(Exception):
+    pass
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -85,11 +129,20 @@ class PortalClient:
         retries: int | None = None,
         backoff_s: float = 0.5,
         conditional: bool = True,
+        deadline: float | None = None,
+        request_deadline: float | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.archive = archive
         self.timeout = config.request_timeout() if timeout is None else timeout
         self.retries = config.max_retries() if retries is None else retries
+        # Seconds one fetch may take in total, retries included; `deadline` (epoch seconds,
+        # comparable across processes) is the crawl's or the cycle's end, if any.
+        self.request_deadline = (config.request_deadline() if request_deadline is None
+                                 else request_deadline)
+        self.deadline = deadline
+        self.max_bytes = config.max_page_bytes() if max_bytes is None else max_bytes
         self.backoff_s = backoff_s
         self.conditional = conditional
         self.session = requests.Session()
@@ -107,24 +160,42 @@ class PortalClient:
         self.session.close()
 
     def fetch(self, path: str) -> FetchedPage:
-        """Fetch a page, retrying 429/5xx/timeouts with backoff; archive every response."""
+        """Fetch a page, retrying 429/5xx/timeouts with backoff; archive every response.
+
+        Raises `FetchError` when the page cannot be had within its deadline, when it is
+        larger than the size cap, or when it redirects to another host.
+        """
         url = absolute_url(self.base_url, path)
+        ends_at = time.time() + self.request_deadline
+        if self.deadline is not None:
+            ends_at = min(ends_at, self.deadline)
         last_reason = "not attempted"
         last_status: int | None = None
         retry_after: str | None = None
+        attempts = 0
         for attempt in range(self.retries + 1):
             if attempt:
                 delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
                 asked = retry_after_seconds(retry_after)
                 wait = min(MAX_BACKOFF_S, delay if asked is None else asked)
+                if time.time() + wait >= ends_at:
+                    last_reason += "; no time left for a retry before the deadline"
+                    break
                 log.warning("retry %d/%d for %s in %.2fs: %s", attempt, self.retries, url, wait,
                             last_reason)
                 time.sleep(wait)
+            if time.time() >= ends_at:
+                last_reason = "deadline reached before the request" if not attempts else last_reason
+                break
+            attempts += 1
             retry_after = None
-            headers = self._conditional_headers(url)
             try:
-                response = self.session.get(url, headers=headers, timeout=self.timeout)
-                body = response.content  # reading the body raises on a truncated transfer
+                answered, response, body = self._get(url, ends_at)
+            except _DeadlineHit as exc:
+                last_reason, last_status = f"deadline: {exc}", None
+                continue
+            except _BodyTooLarge as exc:
+                raise FetchError(url, f"{REFUSED}{exc}") from None
             except requests.Timeout as exc:
                 last_reason, last_status = f"timeout after {self.timeout}s ({exc})", None
                 continue
@@ -133,18 +204,27 @@ class PortalClient:
                 continue
             fetched_at = utc_now()
             if response.status_code == 304:
-                cached = self.archive.latest(url)
+                cached = self.archive.latest(answered)
                 if cached is not None:
-                    return FetchedPage(url, 200, self.archive.read(cached.sha256), cached.sha256,
-                                       not_modified=True)
+                    return FetchedPage(answered, 200, self.archive.read(cached.sha256),
+                                       cached.sha256, not_modified=True, encoding=cached.encoding)
                 last_reason, last_status = "304 without an archived body", 304
                 continue
-            sha256 = self.archive.store(url, response.status_code, dict(response.headers), body,
-                                        fetched_at)
+            encoding, source = page_encoding(response.headers.get("Content-Type"), body)
+            sha256 = self.archive.store(answered, response.status_code, dict(response.headers),
+                                        body, fetched_at, encoding=encoding,
+                                        encoding_source=source)
             if response.status_code == 200:
-                return FetchedPage(url, 200, body, sha256, not_modified=False)
+                return FetchedPage(answered, 200, body, sha256, not_modified=False,
+                                   encoding=encoding)
             last_status = response.status_code
             last_reason = f"HTTP {response.status_code}"
+            if response.status_code in REDIRECT_STATUS:
+                location = response.headers.get("Location", "")
+                raise FetchError(url, f"{REFUSED}a redirect to another host "
+                                      f"({urljoin(answered, location)}); only the portal's own "
+                                      f"host ({urlsplit(self.base_url).netloc}) is followed",
+                                 response.status_code)
             if response.status_code not in RETRYABLE_STATUS:
                 break
             retry_after = response.headers.get("Retry-After")
@@ -154,8 +234,67 @@ class PortalClient:
                 last_reason += f", Retry-After {asked:.0f}s is longer than the {MAX_BACKOFF_S:.0f}s we wait"
                 break
         if last_status is None or last_status in RETRYABLE_STATUS:
-            last_reason = f"{last_reason} after {self.retries + 1} attempts"
+            last_reason = f"{last_reason} after {attempts} attempt{'s' * (attempts != 1)}"
         raise FetchError(url, last_reason, last_status)
+
+    def _get(self, url: str, ends_at: float) -> tuple[str, requests.Response, bytes]:
+        """One GET, following redirects on the portal's host only; (URL that answered, response, body).
+
+        A redirect to another host is returned as is (the caller refuses it). The body is
+        read in chunks as they arrive, so the deadline and the size cap are checked while
+        it trickles in.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            remaining = ends_at - time.time()
+            if remaining <= 0:
+                raise _DeadlineHit("no time left")
+            wait = min(self.timeout, remaining)
+            response = self.session.get(url, headers=self._conditional_headers(url),
+                                        timeout=(wait, wait), stream=True, allow_redirects=False)
+            try:
+                if response.status_code in REDIRECT_STATUS and response.headers.get("Location"):
+                    target = urljoin(url, response.headers["Location"])
+                    if same_host(self.base_url, target):
+                        log.info("redirect %d %s -> %s", response.status_code, url, target)
+                        response.close()
+                        url = target
+                        continue
+                body = self._read_body(response, ends_at)
+            except BaseException:
+                response.close()  # a body not read to its end: drop the connection
+                raise
+            # The whole body was read: the connection goes back to the pool (keep-alive).
+            response.raw.release_conn()
+            return url, response, body
+        raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects from {url}")
+
+    def _read_body(self, response: requests.Response, ends_at: float) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise _BodyTooLarge(f"a body of {int(declared)} bytes (Content-Length) is larger "
+                                f"than the {self.max_bytes}-byte cap")
+        raw = response.raw
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                # read1 returns what has arrived (up to a chunk), so a trickling body is
+                # checked against the deadline after every few bytes, not after 64 KB.
+                chunk = raw.read1(READ_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise _BodyTooLarge(f"the body grew past the {self.max_bytes}-byte cap")
+                chunks.append(chunk)
+                if time.time() > ends_at:
+                    raise _DeadlineHit(f"{size} bytes of the body had arrived when the "
+                                       f"{self.request_deadline:g}s deadline passed")
+        except (_BodyTooLarge, _DeadlineHit):
+            raise
+        except Exception as exc:  # urllib3's read errors: a truncated or reset body
+            raise requests.ConnectionError(f"reading the body: {exc}") from exc
+        return b"".join(chunks)
 
     def _conditional_headers(self, url: str) -> dict[str, str]:
         if not self.conditional:

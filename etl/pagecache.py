@@ -97,6 +97,7 @@ def cache_entry(keyed: PageKey, page: DivisionPage) -> str | None:
         [getattr(protocol, name) for name in _PROTOCOL_FIELDS],
         [[getattr(line, name) for name in _LINE_FIELDS] for line in page.lines],
         [[link.segment, link.name, link.href] for link in page.children],
+        [list(cell) for cell in page.fractional_counts],
     ], ensure_ascii=False)
 
 
@@ -105,12 +106,13 @@ def reuse(page_cache: PageCache, keyed: PageKey) -> DivisionPage | None:
     entry = page_cache.entries.get(keyed.key)
     if entry is None:
         return None
-    declared_id, level, name, has_results, protocol, lines, children = json.loads(entry)
+    declared_id, level, name, has_results, protocol, lines, children, fractional = json.loads(entry)
     return DivisionPage(
         declared_id=declared_id, level=level, name=name, portal_updated_at=keyed.stamp,
         protocol=ProtocolFigures(*protocol), has_results_table=has_results,
         lines=tuple(BallotLine(*line) for line in lines),
-        children=tuple(Link(*link) for link in children))
+        children=tuple(Link(*link) for link in children),
+        fractional_counts=tuple((figure, text) for figure, text in fractional))
 
 
 def cache_path(state_dir: Path, election_id: str) -> Path:

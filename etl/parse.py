@@ -8,6 +8,7 @@ records out, so the whole scrape can be re-parsed from the raw archive.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -44,8 +45,10 @@ _LINK_STRAINER = SoupStrainer(["a", "h1", "title", "time"])
 
 # "No data" marks: em dash, en dash, hyphen-minus, minus sign, figure dash, horizontal bar.
 _DASHES = frozenset({"—", "–", "-", "−", "‒", "―", "--"})
-_COUNT_RE = re.compile(r"[0-9]+")
-_PERCENT_RE = re.compile(r"[0-9]+(?:[.,][0-9]+)?")
+_COUNT_RE = re.compile(r"[-−]?[0-9]+")
+# A count written with a fraction ("12.5", "12,5"): a number, but not a count.
+_FRACTION_RE = re.compile(r"[-−]?[0-9]+[.,][0-9]+")
+_PERCENT_RE = re.compile(r"[-−]?[0-9]+(?:[.,][0-9]+)?")
 # "371 из 392", "371 / 392", "371 of 392"; Kyrgyz puts the whole first: "392 ичинен 371".
 _OF_RE = re.compile(r"^(?P<a>.*?)\s*(?:\b(?P<word>из|of)\b|(?P<slash>/))\s*(?P<b>.*)$", re.I)
 _KG_OF_RE = re.compile(r"^(?P<total>.*?)\s*\bичинен\b\s*(?P<counted>.*)$", re.I)
@@ -61,6 +64,13 @@ class NumberFormatError(ValueError):
     def __init__(self, text: str, kind: str) -> None:
         self.text = text
         super().__init__(f"not a {kind}: {text!r}")
+
+
+class FractionalCountError(NumberFormatError):
+    """A count cell holding a fraction: data (an impossible figure), not unreadable markup."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text, "count (it has a fraction)")
 
 
 class PageParseError(Exception):
@@ -92,7 +102,12 @@ def _compact(text: str) -> str:
 
 
 def parse_count(text: str | None) -> int | None:
-    """Parse a count such as `1 182 291` (any space separator); dash or empty -> None."""
+    """Parse a count such as `1 182 291` (any space separator); dash or empty -> None.
+
+    An impossible count is still a number and is returned as one: a negative count
+    (`-5`) is parsed, and left to the quality gate (C5). A count with a fraction raises
+    `FractionalCountError`: an integer cannot carry it (see `parse_division`).
+    """
     if text is None:
         return None
     if text.isdigit() and text.isascii():
@@ -101,8 +116,10 @@ def parse_count(text: str | None) -> int | None:
     if not compact or compact in _DASHES:
         return None
     if _COUNT_RE.fullmatch(compact) is None:
+        if _FRACTION_RE.fullmatch(compact) is not None:
+            raise FractionalCountError(text)
         raise NumberFormatError(text, "count")
-    return int(compact)
+    return int(compact.replace("−", "-"))
 
 
 def parse_percent(text: str | None) -> float | None:
@@ -116,7 +133,7 @@ def parse_percent(text: str | None) -> float | None:
         return None
     if _PERCENT_RE.fullmatch(compact) is None:
         raise NumberFormatError(text, "percentage")
-    return float(compact.replace(",", "."))
+    return float(compact.replace(",", ".").replace("−", "-"))
 
 
 def parse_counted_of_total(text: str | None) -> tuple[int | None, int | None]:
@@ -210,14 +227,73 @@ def _column_kind(header: str) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- encodings
+
+_CHARSET_RE = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.I)
+_META_CHARSET_RE = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.I)
+# A <meta> charset must come early in the document (HTML: in the first 1024 bytes); we
+# look a little further for pages with long heads.
+_META_SCAN_BYTES = 4096
+ENCODING_HEADER, ENCODING_META, ENCODING_DETECTED = "header", "meta", "detected"
+
+
+def _known_encoding(label: str | None) -> str | None:
+    if not label:
+        return None
+    try:
+        codecs.lookup(label)
+    except LookupError:
+        return None
+    return label.lower()
+
+
+def _decodes(body: bytes, encoding: str) -> bool:
+    try:
+        body.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return False
+    return True
+
+
+def _utf8_mislabelled(body: bytes, declared: str) -> bool:
+    if codecs.lookup(declared).name in ("utf-8", "utf-8-sig") or body.isascii():
+        return False
+    return _decodes(body, "utf-8")
+
+
+def page_encoding(content_type: str | None, body: bytes) -> tuple[str, str]:
+    """The encoding to read a page with, and how it was chosen: header, meta or detected.
+
+    The charset of `Content-Type` first, then a `<meta>` charset, each only if the body
+    decodes with it; otherwise UTF-8 when the body is valid UTF-8, else what
+    charset-normalizer finds. A single-byte declaration (latin-1 decodes anything) loses
+    to a body that is valid, non-ASCII UTF-8: legacy text is almost never that.
+    """
+    declared = _CHARSET_RE.search(content_type or "")
+    header = _known_encoding(declared.group(1) if declared else None)
+    if header is not None and _decodes(body, header) and not _utf8_mislabelled(body, header):
+        return header, ENCODING_HEADER
+    meta_match = _META_CHARSET_RE.search(body[:_META_SCAN_BYTES])
+    meta = _known_encoding(meta_match.group(1).decode("ascii") if meta_match else None)
+    if meta is not None and _decodes(body, meta) and not _utf8_mislabelled(body, meta):
+        return meta, ENCODING_META
+    if _decodes(body, "utf-8"):
+        return "utf-8", ENCODING_DETECTED
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(body).best()
+    return (best.encoding if best is not None else "utf-8"), ENCODING_DETECTED
+
+
 # --------------------------------------------------------------------------- helpers
 
 
-def _soup(html: bytes, strainer: SoupStrainer) -> BeautifulSoup:
-    # Declaring the encoding skips charset sniffing; the portal is UTF-8 (SPEC A).
-    return BeautifulSoup(
-        html, "lxml", from_encoding="utf-8", parse_only=strainer
-    )
+def _soup(html: bytes, strainer: SoupStrainer | None, encoding: str | None) -> BeautifulSoup:
+    # Declaring the encoding skips bs4's charset sniffing: the fetcher chose it from the
+    # response's header or <meta> (see page_encoding), or we do the same here.
+    if encoding is None:
+        encoding = page_encoding(None, html)[0]
+    return BeautifulSoup(html, "lxml", from_encoding=encoding, parse_only=strainer)
 
 
 def _text(tag: Tag) -> str:
@@ -281,9 +357,9 @@ def _path_segments(href: str) -> list[str]:
 # --------------------------------------------------------------------------- list pages
 
 
-def parse_election_list(html: bytes, url: str) -> ElectionListPage:
+def parse_election_list(html: bytes, url: str, encoding: str | None = None) -> ElectionListPage:
     """Parse `/{lang}/results/`: every `a.election`, segment = election id from the href."""
-    soup = _soup(html, _LINK_STRAINER)
+    soup = _soup(html, _LINK_STRAINER, encoding)
     elections: list[Link] = []
     seen: set[str] = set()
     for anchor in soup.find_all("a", class_="election"):
@@ -305,13 +381,16 @@ def parse_election_list(html: bytes, url: str) -> ElectionListPage:
         elections.append(Link(segment=segment, name=_text(anchor).strip(), href=href))
     if not elections:
         # Nothing to crawl: during maintenance the portal serves a notice on every URL.
-        raise PortalMaintenance(url, _notice_text(html), "election links (a.election)")
+        raise PortalMaintenance(url, _notice_text(html, encoding), "election links (a.election)")
     return ElectionListPage(elections=tuple(elections))
 
 
-def parse_election(html: bytes, url: str) -> ElectionPage:
-    """Parse `/{lang}/results/{election_id}/`: its name, date and `a.contest` links."""
-    soup = _soup(html, _LINK_STRAINER)
+def parse_election(html: bytes, url: str, encoding: str | None = None) -> ElectionPage:
+    """Parse `/{lang}/results/{election_id}/`: its name, date and `a.contest` links.
+
+    `encoding` is the one the fetcher chose (`page_encoding`); None sniffs it here.
+    """
+    soup = _soup(html, _LINK_STRAINER, encoding)
     date: str | None = None
     # The page may also carry the portal's `updated` time, which is not the election date.
     times = [t for t in soup.find_all("time") if "updated" not in _classes(t)]
@@ -333,7 +412,7 @@ def parse_election(html: bytes, url: str) -> ElectionPage:
         contests.append(Link(segment=segment, name=_text(anchor).strip(), href=href))
     if not contests:
         # An election page without contests is what a maintenance notice looks like.
-        raise PortalMaintenance(url, _notice_text(html), "contest links (a.contest)")
+        raise PortalMaintenance(url, _notice_text(html, encoding), "contest links (a.contest)")
     heading = soup.find("h1")
     title = soup.find("title")
     if isinstance(heading, Tag):
@@ -409,7 +488,8 @@ def _is_against_all(row: Tag, name: str) -> bool:
 
 
 def _parse_results(
-    table: Tag, columns: dict[str, int], body: Iterable[Tag], url: str
+    table: Tag, columns: dict[str, int], body: Iterable[Tag], url: str,
+    fractional: list[tuple[str, str]],
 ) -> tuple[BallotLine, ...]:
     for required in (_COL_POSITION, _COL_NAME, _COL_VOTES):
         if required not in columns:
@@ -435,12 +515,17 @@ def _parse_results(
                 position = parse_count(raw_position.strip().rstrip("."))
             except NumberFormatError:
                 position = None
-            if position is None:
+            if position is None or position < 0:
                 raise PageParseError(
                     url, "a ballot number (№) in a results row", f"{raw_position!r}, {name!r}"
                 )
         try:
-            votes = parse_count(_text(cells[votes_i]))
+            votes_text = _text(cells[votes_i])
+            try:
+                votes = parse_count(votes_text)
+            except FractionalCountError:
+                votes = None
+                fractional.append((f"votes of {name}", votes_text.strip()))
             pct = (
                 parse_percent(_text(cells[pct_i]))
                 if pct_i is not None and pct_i < len(cells)
@@ -453,12 +538,13 @@ def _parse_results(
 
 
 def _take_results(
-    previous: Tag | None, table: Tag, columns: dict[str, int], body: Iterable[Tag], url: str
+    previous: Tag | None, table: Tag, columns: dict[str, int], body: Iterable[Tag], url: str,
+    fractional: list[tuple[str, str]],
 ) -> tuple[BallotLine, ...]:
     if previous is not None:
         # Two results tables would make "the" result of the division ambiguous.
         raise PageParseError(url, "a single results table", "found two")
-    return _parse_results(table, columns, body, url)
+    return _parse_results(table, columns, body, url, fractional)
 
 
 def _protocol_rows(table: Tag) -> list[tuple[str, str, str]]:
@@ -483,18 +569,27 @@ def _protocol_rows(table: Tag) -> list[tuple[str, str, str]]:
     return found
 
 
-def _parse_protocol(rows: Iterable[tuple[str, str, str]], url: str) -> ProtocolFigures:
+def _parse_protocol(
+    rows: Iterable[tuple[str, str, str]], url: str, fractional: list[tuple[str, str]]
+) -> ProtocolFigures:
     values: dict[str, int | float | None] = {}
     for name, label, value in rows:
         parsed: dict[str, int | float | None]
         try:
-            if name == "precincts":
+            if name == "precincts" and _has_fraction(value):
+                fractional.append(("precincts_counted / precincts_total", value.strip()))
+                parsed = {"precincts_counted": None, "precincts_total": None}
+            elif name == "precincts":
                 counted, total = parse_counted_of_total(value)
                 parsed = {"precincts_counted": counted, "precincts_total": total}
             elif name == "turnout_pct_published":
                 parsed = {name: parse_percent(value)}
             else:
-                parsed = {name: parse_count(value)}
+                try:
+                    parsed = {name: parse_count(value)}
+                except FractionalCountError:
+                    fractional.append((name, value.strip()))
+                    parsed = {name: None}
         except NumberFormatError as exc:
             raise PageParseError(url, f"a number in protocol row {label!r}", str(exc)) from exc
         for key, number in parsed.items():
@@ -504,6 +599,17 @@ def _parse_protocol(rows: Iterable[tuple[str, str, str]], url: str) -> ProtocolF
                 )
             values[key] = number
     return ProtocolFigures(**values)  # type: ignore[arg-type]
+
+
+def _has_fraction(value: str) -> bool:
+    """Whether an `N из M` cell holds a fraction in either number."""
+    try:
+        parse_counted_of_total(value)
+    except FractionalCountError:
+        return True
+    except NumberFormatError:
+        return False
+    return False
 
 
 def _contest_prefix(url: str) -> str:
@@ -542,17 +648,22 @@ def _child_links(table: Tag, url: str) -> list[Link]:
     return links
 
 
-def _notice_text(html: bytes) -> str:
-    soup = BeautifulSoup(html, "lxml", from_encoding="utf-8")
+def _notice_text(html: bytes, encoding: str | None) -> str:
+    soup = _soup(html, None, encoding)
     body = soup.body or soup
     for tag in body.find_all(["script", "style"]):
         tag.decompose()
     return " ".join(body.get_text(" ").split())[:500]
 
 
-def parse_division(html: bytes, url: str) -> DivisionPage:
-    """Parse a division page: heading, updated time, protocol, results and child links."""
-    soup = _soup(_TABLE_WHITESPACE.sub(b">", html), _DIVISION_STRAINER)
+def parse_division(html: bytes, url: str, encoding: str | None = None) -> DivisionPage:
+    """Parse a division page: heading, updated time, protocol, results and child links.
+
+    `encoding` is the one the fetcher chose (`page_encoding`); None sniffs it here.
+    """
+    if encoding is None:
+        encoding = page_encoding(None, html)[0]
+    soup = _soup(_TABLE_WHITESPACE.sub(b">", html), _DIVISION_STRAINER, encoding)
     # The strainer puts every h1/time/table at the top of the tree unless one is nested in
     # a table (a layout table); only then is a walk over all descendants needed.
     top = [e for e in soup.contents if e.__class__ is Tag]
@@ -581,11 +692,12 @@ def parse_division(html: bytes, url: str) -> DivisionPage:
     tables = [t for t in tables if id(t) not in outer]
     if heading is None:
         if not tables:
-            raise PortalMaintenance(url, _notice_text(html))
+            raise PortalMaintenance(url, _notice_text(html, encoding))
         raise PageParseError(url, "division heading (<h1 data-division-id>)")
     updated = _parse_updated(time_tag, url)
 
     results_table: Tag | None = None
+    fractional: list[tuple[str, str]] = []
     lines: tuple[BallotLine, ...] = ()
     protocol_rows: list[tuple[str, str, str]] = []
     children: list[Link] = []
@@ -596,7 +708,7 @@ def parse_division(html: bytes, url: str) -> DivisionPage:
         # results table, which must then fail loudly instead of being skipped.
         strong = _COL_VOTES in columns and (_COL_NAME in columns or _COL_POSITION in columns)
         if strong or "results" in _classes(table):
-            lines = _take_results(results_table, table, columns, body, url)
+            lines = _take_results(results_table, table, columns, body, url, fractional)
             results_table = table
             continue
         links = _child_links(table, url)
@@ -604,7 +716,7 @@ def parse_division(html: bytes, url: str) -> DivisionPage:
             children.extend(links)
             continue
         if len(columns) >= 3:
-            lines = _take_results(results_table, table, columns, body, url)
+            lines = _take_results(results_table, table, columns, body, url, fractional)
             results_table = table
             continue
         protocol_rows.extend(_protocol_rows(table))
@@ -622,8 +734,9 @@ def parse_division(html: bytes, url: str) -> DivisionPage:
         level=_attr(heading, "data-level"),
         name=" ".join(_text(heading).split()),
         portal_updated_at=updated,
-        protocol=_parse_protocol(protocol_rows, url),
+        protocol=_parse_protocol(protocol_rows, url, fractional),
         has_results_table=results_table is not None,
         lines=lines,
         children=tuple(unique_children),
+        fractional_counts=tuple(fractional),
     )

@@ -73,6 +73,9 @@ class DivisionPage:
     has_results_table: bool
     lines: tuple[BallotLine, ...]
     children: tuple[Link, ...] = field(default_factory=tuple)
+    # Count cells that hold a fraction, as (figure, cell text): an integer column cannot
+    # carry them, so the figure is missing and the quality gate fails the division (C5).
+    fractional_counts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from etl import config
 from etl.crawl import ContestCrawl, SourceSpec, crawl_contests, fetch_election
-from etl.fetch import FetchedPage, utc_now
+from etl.fetch import REFUSED, FetchedPage, utc_now
 from etl.normalise import (
     SnapshotFrames,
     build_frames,
@@ -171,5 +171,44 @@ def snapshot_meta(
         ),
         "pages": [{"url": p.url, "sha256": p.sha256, "status": p.status}
                   for p in sorted(pages, key=lambda page: page.url)],
+        "fractional_counts": [
+            {"contest_id": crawl.contest_id, "division_id": d.division_id, "url": d.url,
+             "figure": figure, "text": text}
+            for crawl in crawls for d in crawl.divisions for figure, text in d.page.fractional_counts
+        ],
+        "limits": crawl_limits(crawls),
     }
+
+
+def crawl_limits(crawls: Sequence[ContestCrawl]) -> dict[str, Any]:
+    """What the crawl's safety limits refused or capped, for snapshot.json and the summary.
+
+    `refused_pages`: pages lost to a limit (too large, a redirect off the portal's host,
+    the page cap); they are also failures. `refused_links`: links not followed without
+    losing a page (query-string variants of a path already fetched).
+    """
+    lost = [{"url": f.url, "reason": f.reason.removeprefix(REFUSED), "contest_id": c.contest_id}
+            for c in crawls for f in c.failures if f.reason.startswith(REFUSED)]
+    links = [{"url": f.url, "reason": f.reason.removeprefix(REFUSED), "contest_id": c.contest_id}
+             for c in crawls for f in c.refused]
+    return {
+        "max_page_bytes": config.max_page_bytes(),
+        "max_pages": config.max_pages(),
+        "max_query_variants": config.max_query_variants(),
+        "refused_pages": sorted(lost, key=lambda r: r["url"]),
+        "refused_links": sorted(links, key=lambda r: r["url"]),
+    }
+
+
+def limits_summary(meta: dict[str, Any]) -> list[str]:
+    """Lines for a person: what was refused or capped (empty when nothing was)."""
+    limits = meta.get("limits") or {}
+    lines = []
+    for key, what in (("refused_pages", "page refused"), ("refused_links", "link not followed")):
+        entries = limits.get(key) or []
+        for entry in entries[:10]:
+            lines.append(f"{what}: {entry['url']}: {entry['reason']}")
+        if len(entries) > 10:
+            lines.append(f"… and {len(entries) - 10} more ({key} in snapshot.json)")
+    return lines
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import resource
+import signal
 from pathlib import Path
+from typing import Any
 
-from etl.archive import RawArchive
+from etl.archive import ArchiveWriteError, RawArchive
 
 
 def _index_lines(root: Path) -> list[dict[str, object]]:
@@ -110,3 +113,65 @@ def test_opening_reads_only_the_index_tail_after_a_checkpoint(tmp_path: Path) ->
     again = RawArchive(root)
     assert again.latest(urls[0]).etag == '"new"'  # type: ignore[union-attr]
     assert again.latest(urls[-1]).etag == f'"{urls[-1]}"'  # type: ignore[union-attr]
+
+
+def test_index_entry_records_the_encoding_and_how_it_was_chosen(tmp_path: Path) -> None:
+    archive = RawArchive(tmp_path / "raw")
+    body = "<h1>Чуйская область</h1>".encode("windows-1251")
+    sha = archive.store("http://p/a/", 200, {"Content-Type": "text/html; charset=windows-1251"},
+                        body, "t1", encoding="windows-1251", encoding_source="header")
+    (line,) = _index_lines(tmp_path / "raw")
+    assert (line["encoding"], line["encoding_source"]) == ("windows-1251", "header")
+    reopened = RawArchive(tmp_path / "raw")
+    assert reopened.encoding_of("http://p/a/", sha) == "windows-1251"
+    assert reopened.latest("http://p/a/").encoding == "windows-1251"  # type: ignore[union-attr]
+
+
+def _fill_until_full(root: str, limit: int, results: Any) -> None:
+    # A file-size limit stands in for a full disk; with SIGXFSZ ignored a write past it
+    # fails with EFBIG instead of killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    archive = RawArchive(Path(root))
+    stored = 0
+    try:
+        archive.store("http://p/big/", 200, {}, b"x" * (limit + 10), "t")  # a blob too large
+    except ArchiveWriteError as exc:
+        results.put(("blob", str(exc)))
+    for i in range(1000):
+        try:
+            archive.store(f"http://p/{i}/" + "q" * 150, 200, {}, f"page {i}".encode(), "t")
+        except ArchiveWriteError as exc:
+            results.put(("index", str(exc)))
+            break
+        except OSError as exc:  # the wrong error: not the archive's own
+            results.put(("other", repr(exc)))
+            break
+        stored += 1
+    results.put(("stored", stored))
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing_half_written(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    RawArchive(root)
+    results: Any = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(
+        target=_fill_until_full, args=(str(root), 6_000, results))
+    child.start()
+    child.join(60)
+    events = dict(results.get(timeout=5) for _ in range(3))
+    assert "raw archive" in events["blob"] and str(root) in events["blob"]
+    assert "raw archive index" in events["index"]
+    assert "other" not in events
+    assert 0 < events["stored"] < 1000
+    # Every index line is whole and names a blob that is whole; no temporary file is left.
+    lines = _index_lines(root)
+    assert len(lines) == events["stored"]
+    for line in lines:
+        blob = root / "blobs" / line["sha256"][:2] / line["sha256"]
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == line["sha256"]
+    assert not list(root.rglob(".tmp-*"))
+    # Space is back: the next run stores where the last one stopped.
+    archive = RawArchive(root)
+    archive.store("http://p/after/", 200, {}, b"x" * 10_000, "t")
+    assert len(_index_lines(root)) == events["stored"] + 1

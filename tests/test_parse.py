@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from etl.parse import (
+    FractionalCountError,
     NumberFormatError,
     PageParseError,
     PortalMaintenance,
+    page_encoding,
     parse_count,
     parse_counted_of_total,
     parse_division,
@@ -86,7 +88,7 @@ def test_parse_percent_formats(text: str, expected: float | None) -> None:
     assert parse_percent(text) == expected
 
 
-@pytest.mark.parametrize("text", ["12a4", "1,5", "1.182.291", "-5", "12 %"])
+@pytest.mark.parametrize("text", ["12a4", "1.182.291", "12 %", "5-", "--5"])
 def test_malformed_count_raises_naming_the_text(text: str) -> None:
     with pytest.raises(NumberFormatError) as excinfo:
         parse_count(text)
@@ -515,3 +517,94 @@ def test_replica_maintenance_pages_raise(replica, path, parse) -> None:
     with pytest.raises(PortalMaintenance) as excinfo:
         parse(_render(renderer, index, path), BASE + path)
     assert excinfo.value.url == BASE + path
+
+
+# --------------------------------------------------------------------------- impossible numbers
+# An impossible number is data for the quality gate, not unreadable markup (issue 10, item 2).
+
+
+@pytest.mark.parametrize(("text", "expected"), [("-5", -5), ("−5", -5), ("- 1 182", -1182)])
+def test_negative_count_is_a_number(text: str, expected: int) -> None:
+    assert parse_count(text) == expected
+
+
+@pytest.mark.parametrize("text", ["12.5", "12,5", "1,5", "-0.5"])
+def test_fractional_count_is_its_own_error(text: str) -> None:
+    with pytest.raises(FractionalCountError) as excinfo:
+        parse_count(text)
+    assert isinstance(excinfo.value, NumberFormatError)
+    assert repr(text) in str(excinfo.value)
+
+
+def test_negative_vote_cell_is_parsed_not_a_page_failure() -> None:
+    html = page("spec_example_ru.html").replace(b"4 906", b"-5")
+    parsed = parse_division(html, f"{BASE}/ru/results/jk2021/list/7/")
+    assert parsed.lines[0].votes == -5
+    assert parsed.fractional_counts == ()
+
+
+def test_votes_above_ballots_cast_are_parsed_as_they_are() -> None:
+    html = page("spec_example_ru.html").replace(b"4 906", b"999 999")
+    parsed = parse_division(html, f"{BASE}/ru/results/jk2021/list/7/")
+    assert parsed.lines[0].votes == 999999 > parsed.protocol.ballots_cast  # type: ignore[operator]
+
+
+def test_fractional_vote_cell_leaves_the_figure_missing_and_records_the_cell() -> None:
+    html = page("spec_example_ru.html").replace(b"4 906", b"12.5")
+    parsed = parse_division(html, f"{BASE}/ru/results/jk2021/list/7/")
+    assert parsed.lines[0].votes is None
+    assert len(parsed.fractional_counts) == 1
+    figure, text = parsed.fractional_counts[0]
+    assert "votes of" in figure and "Ата-Мекен" in figure and text == "12.5"
+
+
+def test_fractional_protocol_cells_are_recorded() -> None:
+    html = (page("spec_example_ru.html").replace(b"140 998", b"140 998,5")
+            .replace(b"371 \xd0\xb8\xd0\xb7 392", b"371,5 \xd0\xb8\xd0\xb7 392"))
+    parsed = parse_division(html, f"{BASE}/ru/results/jk2021/list/7/")
+    assert parsed.protocol.ballots_cast is None
+    assert parsed.protocol.precincts_counted is None
+    assert dict(parsed.fractional_counts) == {
+        "ballots_cast": "140 998,5", "precincts_counted / precincts_total": "371,5 из 392"}
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def _cp1251(html: bytes, *, meta: bool) -> bytes:
+    text = html.decode("utf-8")
+    text = text.replace('<meta charset="utf-8">', '<meta charset="windows-1251">' if meta else "")
+    # Kyrgyz letters (ү, ө, ң) are not in windows-1251: such a page writes them as entities.
+    return text.encode("windows-1251", errors="xmlcharrefreplace")
+
+
+def test_windows_1251_page_with_declared_encoding_parses_like_utf8() -> None:
+    url = f"{BASE}/ru/results/jk2021/list/7/"
+    utf8 = parse_division(page("spec_example_ru.html"), url)
+    body = _cp1251(page("spec_example_ru.html"), meta=False)
+    assert page_encoding("text/html; charset=windows-1251", body) == ("windows-1251", "header")
+    assert parse_division(body, url, "windows-1251") == utf8
+
+
+def test_encoding_from_meta_then_detected() -> None:
+    with_meta = _cp1251(page("spec_example_ru.html"), meta=True)
+    assert page_encoding("text/html", with_meta) == ("windows-1251", "meta")
+    # A header that lies (utf-8 for a cp1251 body) loses to the <meta>.
+    assert page_encoding("text/html; charset=utf-8", with_meta) == ("windows-1251", "meta")
+    bare = _cp1251(page("spec_example_ru.html"), meta=False)
+    encoding, source = page_encoding(None, bare)
+    assert source == "detected"
+    assert "Чуйская" in bare.decode(encoding)
+    assert page_encoding("text/html; charset=utf-8", page("spec_example_ru.html")) == (
+        "utf-8", "header")
+    url = f"{BASE}/ru/results/jk2021/list/7/"
+    # Without an encoding given, the parser sniffs the same way.
+    assert parse_division(bare, url) == parse_division(page("spec_example_ru.html"), url)
+
+
+def test_a_single_byte_label_on_a_utf8_body_loses_to_the_body() -> None:
+    body = page("spec_example_ru.html")  # its <meta> says utf-8, rightly
+    assert page_encoding("text/html; charset=iso-8859-1", body) == ("utf-8", "meta")
+    bare = body.replace(b'<meta charset="utf-8">', b"")
+    assert page_encoding("text/html; charset=iso-8859-1", bare) == ("utf-8", "detected")
+    assert page_encoding("text/html; charset=windows-1251", bare) == ("utf-8", "detected")

@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,11 +25,13 @@ from facts import (
 )
 
 from etl import schema
-from etl.fetch import FetchError
+from etl.archive import RawArchive
+from etl.fetch import DeadlineExceeded, FetchError, PortalClient, absolute_url
 from etl.normalise import read_snapshot_frames, read_snapshot_meta
-from etl.parse import PortalMaintenance
+from etl.parse import PortalMaintenance, parse_division
 from etl.replica import Faults, ReplicaServer, load_scenario
 from etl.scrape import UnknownContestError, rebuild_from_archive, scrape
+from tests.hostile.server import Response
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["okrug-1"]  # one contest keeps the fault tests quick
@@ -315,3 +318,168 @@ def test_cli_scrape_exit_codes(portal: ReplicaServer, tmp_path: Path) -> None:
     withdrawn = run("--election", "jk2021")
     assert withdrawn.returncode == 1
     assert "maintenance" in withdrawn.stderr.lower() or "notice" in withdrawn.stderr.lower()
+
+
+# --------------------------------------------------------------------------- issue 10: limits
+
+
+def test_a_trickling_body_ends_at_the_request_deadline(portal: ReplicaServer,
+                                                      tmp_path: Path) -> None:
+    # One byte every 20 ms: each read returns well within the read timeout, so only a
+    # total deadline can end it (the whole page would take about a minute).
+    portal.set_faults(Faults(trickle=0.02, path_regex=r"/okrug-1/$"))
+    client = PortalClient(portal.base_url, RawArchive(tmp_path / "raw"), retries=0,
+                          timeout=5, request_deadline=1.5)
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="deadline"):
+        client.fetch("/ru/results/jk2021/okrug-1/")
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "raw" / "index.jsonl").exists()  # half a body is never archived
+
+
+def test_the_replica_trickle_fault_sends_the_whole_page_slowly(portal: ReplicaServer,
+                                                               tmp_path: Path) -> None:
+    portal.set_faults(Faults(trickle=0.0005, path_regex=r"/okrug-1/1001/$"))
+    client = PortalClient(portal.base_url, RawArchive(tmp_path / "raw"), retries=0)
+    page = client.fetch("/ru/results/jk2021/okrug-1/1001/")
+    assert page.body.rstrip().endswith(b"</html>")
+
+
+def test_a_crawl_that_hits_its_deadline_fails_and_says_what_it_did_not_cover(
+        portal: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEC_CRAWL_DEADLINE", "3")
+    monkeypatch.setenv("CEC_REQUEST_DEADLINE", "60")
+    portal.set_faults(Faults(trickle=0.05, path_regex=r"/okrug-1/\d+/$"))
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="coverage incomplete") as error:
+        scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
+               archive_root=tmp_path / "raw", processes=1, concurrency=4)
+    assert time.monotonic() - started < 30
+    assert "jk2021" in str(error.value)
+    assert not (tmp_path / "snap" / "snapshot.json").exists()
+
+
+def test_absolute_urls_to_another_host_are_refused() -> None:
+    base = "http://127.0.0.1:8765"
+    assert absolute_url(base, "/ru/results/") == f"{base}/ru/results/"
+    assert absolute_url(base, f"{base}/ru/x/") == f"{base}/ru/x/"
+    for elsewhere in ("http://evil.example/ru/", "https://127.0.0.1:8765/ru/",
+                      "http://127.0.0.1:9999/ru/", "//evil.example/ru/"):
+        with pytest.raises(FetchError, match="refused"):
+            absolute_url(base, elsewhere)
+
+
+def test_a_redirect_to_another_host_is_refused_and_never_followed(tmp_path: Path) -> None:
+    from tests.hostile.cases import PRECINCT, on, redirect
+    from tests.hostile.server import HostileServer
+
+    with HostileServer() as elsewhere, HostileServer(
+            on(PRECINCT, redirect(lambda p: elsewhere.base_url + p))) as portal:
+        client = PortalClient(portal.base_url, RawArchive(tmp_path / "raw"), retries=0)
+        with pytest.raises(FetchError) as error:
+            client.fetch(PRECINCT)
+    assert error.value.reason.startswith("refused: a redirect to another host")
+    assert elsewhere.base_url in error.value.reason
+    assert elsewhere.hits.paths == []
+    # The redirect itself is archived under the URL that sent it.
+    [entry] = [json.loads(line) for line in (tmp_path / "raw" / "index.jsonl").open()]
+    assert (entry["url"], entry["status"]) == (portal.base_url + PRECINCT, 302)
+
+
+def test_a_same_host_redirect_is_archived_under_the_url_that_answered(tmp_path: Path) -> None:
+    from tests.hostile.cases import PRECINCT, on, redirect
+    from tests.hostile.server import HostileServer
+
+    with HostileServer(on(PRECINCT, redirect(lambda p: p + "?moved=1", 301))) as portal:
+        client = PortalClient(portal.base_url, RawArchive(tmp_path / "raw"), retries=0)
+        page = client.fetch(PRECINCT)
+    assert page.url == portal.base_url + PRECINCT + "?moved=1"
+    entries = [json.loads(line) for line in (tmp_path / "raw" / "index.jsonl").open()]
+    assert [(e["url"], e["status"]) for e in entries] == [(page.url, 200)]
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+def test_a_body_over_the_size_cap_is_refused(tmp_path: Path, with_length: bool) -> None:
+    from dataclasses import replace
+
+    from tests.hostile.cases import PRECINCT, on
+    from tests.hostile.server import HostileServer
+
+    def huge(_: str, response: Response) -> Response:
+        return replace(response, body=response.body + b"<!--" + b"x" * 2_000_000 + b"-->",
+                       content_length=with_length)
+
+    with HostileServer(on(PRECINCT, huge)) as portal:
+        client = PortalClient(portal.base_url, RawArchive(tmp_path / "raw"), retries=0,
+                              max_bytes=100_000)
+        with pytest.raises(FetchError, match=r"refused: .*100000-byte cap"):
+            client.fetch(PRECINCT)
+        assert client.fetch("/ru/results/jk2021/okrug-1/").status == 200  # others still fine
+
+
+def test_a_windows_1251_page_is_read_with_its_declared_encoding(tmp_path: Path) -> None:
+    from tests.hostile.cases import PRECINCT, cp1251, on
+    from tests.hostile.server import HostileServer
+
+    with HostileServer(on(PRECINCT, cp1251("text/html; charset=windows-1251", meta=None))) as portal:
+        client = PortalClient(portal.base_url, RawArchive(tmp_path / "raw"), retries=0)
+        page = client.fetch(PRECINCT)
+    assert page.encoding == "windows-1251"
+    assert parse_division(page.body, page.url, page.encoding).name == "УИК №1001"
+    [entry] = [json.loads(line) for line in (tmp_path / "raw" / "index.jsonl").open()]
+    assert (entry["encoding"], entry["encoding_source"]) == ("windows-1251", "header")
+
+
+def test_query_string_variants_and_the_page_cap_are_limited_and_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.hostile.cases import PRECINCT, _query_variants, on, text
+    from tests.hostile.server import HostileServer
+
+    # Precinct 1001 links its 27 siblings again as `…/1002/?sort=votes`: each would be
+    # the same division a second time.
+    with HostileServer(on(PRECINCT, text(_query_variants))) as portal:
+        summary = scrape(portal.base_url, "jk2021", tmp_path / "snap", contests=SMALL,
+                         archive_root=tmp_path / "raw", processes=1)
+        assert not any("?sort=" in hit for hit in portal.hits.paths)
+        monkeypatch.setenv("CEC_MAX_PAGES", "5")
+        capped = scrape(portal.base_url, "jk2021", tmp_path / "capped", contests=SMALL,
+                        archive_root=tmp_path / "raw", processes=1)
+    limits = summary.meta["limits"]
+    assert summary.rows["divisions"] == SMALL_PAGES and summary.meta["failures"] == []
+    assert len(limits["refused_links"]) == SMALL_PAGES - 2
+    assert all("CEC_MAX_QUERY_VARIANTS=1" in r["reason"] for r in limits["refused_links"])
+    assert capped.rows["divisions"] == 5
+    assert len(capped.meta["limits"]["refused_pages"]) == SMALL_PAGES - 5
+    assert capped.meta["pages_failed"] == SMALL_PAGES - 5  # lost pages are coverage failures
+    written = json.loads((tmp_path / "capped" / "snapshot.json").read_text())
+    assert written["limits"] == capped.meta["limits"]
+
+
+def test_crawl_batches_are_staged_as_json_and_a_pickle_is_never_loaded(
+        portal: ReplicaServer, tmp_path: Path) -> None:
+    import pickle
+    from dataclasses import replace
+    from typing import Any
+
+    from etl.crawl import SourceSpec, crawl_contests
+    from etl.cycle import STAGING_FORMAT, crawl_batch, read_crawl_batch
+
+    staged = crawl_batch(portal.base_url, "jk2021", SMALL, tmp_path / "batch-0.json",
+                         processes=1, archive_root=tmp_path / "raw")
+    document = json.loads(staged.read_text(encoding="utf-8"))  # plain JSON
+    assert document["format"] == STAGING_FORMAT
+    direct = crawl_contests(SourceSpec(portal.base_url, tmp_path / "raw"), "ru", "jk2021", SMALL,
+                            concurrency=4, processes=1)
+
+    # The round trip loses nothing (the second crawl's pages were answered 304: counts differ).
+    # Pages are listed in the order they arrived, which threads make vary.
+    def same(crawls: list[Any]) -> list[Any]:
+        return [replace(c, pages_fetched=0, pages_not_modified=0,
+                        pages=tuple(sorted(c.pages, key=lambda p: p.url))) for c in crawls]
+
+    assert same(read_crawl_batch(staged)) == same(direct)
+    assert sum(len(d.page.lines) for d in direct[0].divisions) > 0
+    hostile = tmp_path / "batch-1.json"
+    hostile.write_bytes(pickle.dumps(direct))
+    with pytest.raises(ValueError):
+        read_crawl_batch(hostile)

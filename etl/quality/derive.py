@@ -538,6 +538,31 @@ def coverage(
     )
 
 
+def number_cells(divisions: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """C5: one row per division with the count cells that held a fraction (0 when none).
+
+    A fraction in a count is an impossible number, but an integer column cannot carry it:
+    the parser leaves the figure missing and lists the cell in `snapshot.json`
+    (`fractional_counts`), and this frame makes it a C5 failure of its division.
+    """
+    columns = [*DIVISION_KEY, "fractional_counts", "detail"]
+    cells = pd.DataFrame(meta.get("fractional_counts") or [],
+                         columns=["contest_id", "division_id", "url", "figure", "text"])
+    base = divisions[DIVISION_KEY].drop_duplicates().astype("string")
+    if not len(cells):
+        frame = base.assign(fractional_counts=0, detail="")
+    else:
+        cells = cells.astype({"contest_id": "string", "division_id": "string"})
+        cells["detail"] = cells["figure"].astype(str) + " = " + cells["text"].astype(str)
+        per_division = cells.groupby(DIVISION_KEY, as_index=False).agg(
+            fractional_counts=("detail", "size"), detail=("detail", "; ".join))
+        frame = base.merge(per_division, on=DIVISION_KEY, how="outer")
+        frame["fractional_counts"] = frame["fractional_counts"].fillna(0)
+        frame["detail"] = frame["detail"].fillna("")
+    frame = frame.astype({"fractional_counts": "Int64"})
+    return frame[columns].reset_index(drop=True)
+
+
 def contests_with_failures(meta: dict[str, Any]) -> frozenset[str]:
     """Contests that lost at least one page in this snapshot."""
     return frozenset(

@@ -28,6 +28,7 @@ FIGURE_LABELS = {
     "turnout_pct_published": "published turnout",
     "votes": "votes",
     "pct_published": "published percentage",
+    "fractional_counts": "count cells holding a fraction",
 }
 FINDING_COLUMNS = [
     "check_id",
@@ -362,7 +363,19 @@ def _c2_protocols_known(
     return observed, expected, detail
 
 
+def _c5_fraction(rows: pd.DataFrame, _: Mapping[str, Any], config: QualityConfig) -> Texts:
+    observed, expected, detail = [], [], []
+    for count, cells in zip(_column(rows, "fractional_counts"), _column(rows, "detail"),
+                            strict=True):
+        observed.append(plain(count))
+        expected.append("0")
+        detail.append(f"a count cell holds a fraction ({cells}): a count is a whole number, "
+                      f"the figure is left missing")
+    return observed, expected, detail
+
+
 FORMATTERS: dict[str, Formatter] = {
+    "fractional_counts_in_range": _c5_fraction,
     "pct_sum_within_limit": _c1_pct_sum,
     "line_present": _c2_line_present,
     "protocols_known": _c2_protocols_known,

@@ -40,6 +40,7 @@ CURRENT_FRAMES = (
     "protocol_identities",
     "reconciliation",
     "coverage",
+    "number_cells",
 )
 PREVIOUS_FRAMES = ("revisions", "swings")
 
@@ -160,6 +161,7 @@ def derived_frames(
             divisions, turnout, keyed, derive.contests_with_failures(snapshot_meta)
         ),
         "coverage": derive.coverage(divisions, turnout, snapshot_meta, previous),
+        "number_cells": derive.number_cells(divisions, snapshot_meta),
     }
     if previous is not None:
         frames["revisions"] = derive.revisions(turnout, keyed, previous)

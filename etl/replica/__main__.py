@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hang-count", type=int, default=None, help="first K per path")
     parser.add_argument("--truncate", action="store_true", help="send half bodies, close")
     parser.add_argument("--truncate-count", type=int, default=None, help="first K per path")
+    parser.add_argument("--trickle", type=float, default=0.0,
+                        help="send bodies one byte every this many seconds")
+    parser.add_argument("--trickle-count", type=int, default=None, help="first K per path")
     parser.add_argument("--fault-path", default=None, help="regex: fault only these paths")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         hang_count=args.hang_count,
         truncate=args.truncate,
         truncate_count=args.truncate_count,
+        trickle=args.trickle,
+        trickle_count=args.trickle_count,
         path_regex=args.fault_path,
     )
     at = args.at if args.at is not None else (0 if args.live else -1)

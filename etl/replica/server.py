@@ -54,7 +54,9 @@ class Faults:
     the answer is held `hang` more seconds; if `status` is set and n <= status_count the
     answer is that status (with `Retry-After: retry_after` when given); otherwise if
     `truncate` and n <= truncate_count the full Content-Length is announced, half the
-    body sent and the connection closed.
+    body sent and the connection closed; otherwise if `trickle` > 0 and n <= trickle_count
+    the head is sent at once and the body one byte every `trickle` seconds (a slow-body
+    server: every read returns within a read timeout, so only a total deadline ends it).
     """
 
     latency: float = 0.0
@@ -65,6 +67,8 @@ class Faults:
     hang_count: int | None = None
     truncate: bool = False
     truncate_count: int | None = None
+    trickle: float = 0.0
+    trickle_count: int | None = None
     path_regex: str | None = None
 
     @classmethod
@@ -88,7 +92,7 @@ class Faults:
     @property
     def active(self) -> bool:
         """Whether any switch is on."""
-        return bool(self.latency or self.status or self.hang or self.truncate)
+        return bool(self.latency or self.status or self.hang or self.truncate or self.trickle)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class _Reply:
     data: bytes
     delay: float = 0.0
     close: bool = False
+    trickle: float = 0.0  # seconds between body bytes (0: send at once)
 
 
 class Replica:
@@ -234,6 +239,10 @@ class Replica:
             cut = head_end + (len(data) - head_end) // 2
             logger.info("fault: truncated body on %s (request %d)", target, n)
             return _Reply(data[:cut], delay, close=True)
+        if faults.trickle and (faults.trickle_count is None or n <= faults.trickle_count):
+            logger.info("fault: trickle one byte per %.2fs on %s (request %d)", faults.trickle,
+                        target, n)
+            return _Reply(data, delay, trickle=faults.trickle)
         return _Reply(data, delay)
 
     def _respond(self, method: str, target: str, headers: dict[str, str]) -> bytes:
@@ -445,6 +454,12 @@ class _HttpProtocol(asyncio.Protocol):
         data = reply.data
         if reply.close:
             data = data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        if reply.trickle > 0:
+            head_end = data.index(b"\r\n\r\n") + 4
+            transport.write(data[:head_end])
+            self.waiting = True
+            self._trickle(replace(reply, data=data[head_end:]))
+            return
         transport.write(data)
         if reply.close:
             transport.close()
@@ -453,6 +468,24 @@ class _HttpProtocol(asyncio.Protocol):
         if self.waiting:
             self.waiting = False
             self._process()
+
+
+    def _trickle(self, reply: _Reply) -> None:
+        """Send the rest of a trickled body one byte at a time, then go on as usual."""
+        transport = self.transport
+        if transport is None:
+            return
+        if reply.data:
+            transport.write(reply.data[:1])
+            asyncio.get_running_loop().call_later(
+                reply.trickle, self._trickle, replace(reply, data=reply.data[1:]))
+            return
+        if reply.close:
+            transport.close()
+            self.transport = None
+            return
+        self.waiting = False
+        self._process()
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
