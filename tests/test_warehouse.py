@@ -21,7 +21,6 @@ from snapshot_factory import (
 )
 
 from etl.warehouse import (
-    HOLD_ENV,
     SnapshotError,
     WarehouseURLError,
     load_snapshot,
@@ -36,12 +35,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLE_KEYS = {
     "snapshots": "snapshot_id",
     "snapshot_contests": "snapshot_id, contest_id",
-    "divisions": "snapshot_id, contest_id, division_id",
-    "turnout": "snapshot_id, contest_id, division_id",
-    "results": "snapshot_id, contest_id, division_id, line_no",
+    "divisions": "election_id, contest_id, division_id, valid_from_seq",
+    "turnout": "election_id, contest_id, division_id, valid_from_seq",
+    "results": "election_id, contest_id, division_id, line_no, valid_from_seq",
     "dq_results": "snapshot_id, row_no",
     "seat_allocations": "snapshot_id, contest_id, line_no",
 }
+# The versioned tables hold a row per version; these views show a snapshot's rows.
+BY_SNAPSHOT = {table: f"{table}_by_snapshot" for table in ("divisions", "turnout", "results")}
 
 
 
@@ -54,17 +55,20 @@ def query(url: str, sql: str, params=()) -> list[tuple]:
 
 
 def count(url: str, table: str, snapshot_id: str | None = None) -> int:
+    """Rows of a table, or the rows snapshot `snapshot_id` holds in it."""
     if snapshot_id is None:
         return query(url, f"SELECT count(*) FROM {table}")[0][0]
-    return query(url, f"SELECT count(*) FROM {table} WHERE snapshot_id = ?", [snapshot_id])[0][0]
+    source = BY_SNAPSHOT.get(table, table)
+    return query(url, f"SELECT count(*) FROM {source} WHERE snapshot_id = ?", [snapshot_id])[0][0]
 
 
 def test_migrations_are_idempotent(warehouse_url):
-    assert migrate(warehouse_url) == (1,)
+    assert migrate(warehouse_url) == (1, 2)
     assert migrate(warehouse_url) == ()
-    assert query(warehouse_url, "SELECT version FROM schema_migrations") == [(1,)]
-    for table in [*TABLE_KEYS, "latest_results", "latest_turnout", "results_history",
-                  "seat_allocation"]:
+    assert query(warehouse_url, "SELECT version FROM schema_migrations ORDER BY version") == [
+        (1,), (2,)]
+    for table in [*TABLE_KEYS, *BY_SNAPSHOT.values(), "latest_results", "latest_turnout",
+                  "results_history", "seat_allocation"]:
         assert count(warehouse_url, table) == 0
 
 
@@ -315,19 +319,39 @@ def test_bad_snapshot_directories_are_refused_and_load_nothing(warehouse_url, tm
     assert count(warehouse_url, "snapshots") == 0
 
 
+# The loader in a child process; with `hold_seconds` its commit is delayed (every row
+# inserted, the transaction open) so the test can SIGKILL it there. The delay is a wrapper
+# installed here, in the child: production code has no hook for it.
+_LOADER = """
+import logging, sys, time
+from pathlib import Path
+from etl.warehouse import backends, load_snapshot
+
+hold = float(sys.argv[3])
+
+def held(commit):
+    def commit_after_a_while(self):
+        if hold:
+            logging.warning("holding the load transaction open for %.0fs", hold)
+            time.sleep(hold)
+        commit(self)
+    return commit_after_a_while
+
+for backend in (backends.DuckDBBackend, backends.PostgresBackend):
+    backend.commit = held(backend.commit)
+logging.basicConfig(level=getattr(logging, sys.argv[4]))
+load_snapshot(sys.argv[1], Path(sys.argv[2]))
+"""
+
+
 def _start_loader(
     url: str, directory: Path, hold_seconds: float = 0, log_level: str = "INFO"
 ) -> subprocess.Popen:
-    code = (
-        "import logging, sys\n"
-        "from pathlib import Path\n"
-        "from etl.warehouse import load_snapshot\n"
-        f"logging.basicConfig(level=logging.{log_level})\n"
-        "load_snapshot(sys.argv[1], Path(sys.argv[2]))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), HOLD_ENV: str(hold_seconds)}
-    return subprocess.Popen([sys.executable, "-c", code, url, str(directory)], cwd=REPO_ROOT,
-                            env=env, stderr=subprocess.PIPE, text=True)
+    migrate(url)  # so that the child's first commit is the load's
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", _LOADER, url, str(directory), str(hold_seconds), log_level],
+        cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
 
 
 def _assert_absent(url: str, snapshot_id: str) -> None:
