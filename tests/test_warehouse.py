@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ from snapshot_factory import (
     without_contest,
     write,
 )
+from synthetic import warehouse_snapshot
 
 from etl.warehouse import (
     SnapshotError,
@@ -29,7 +31,6 @@ from etl.warehouse import (
     seat_allocation,
 )
 from etl.warehouse.backends import connect
-from etl.warehouse.synthetic import synthetic_snapshot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLE_KEYS = {
@@ -131,9 +132,7 @@ def test_line_no_numbers_rows_within_a_division(warehouse_url, tmp_path):
     results = snapshot.results
     okrug_root = results[(results["contest_id"] == "okrug-1") & (results["division_id"] == "okrug-1")]
     doubled = pd.concat([results, okrug_root.iloc[[0]]], ignore_index=True)
-    snapshot = with_dq_row(snapshot.__class__(snapshot.meta, snapshot.divisions, snapshot.turnout,
-                                              doubled, snapshot.dq_results),
-                           "unique_choice", "okrug-1")
+    snapshot = with_dq_row(replace(snapshot, results=doubled), "unique_choice", "okrug-1")
     summary = load_snapshot(warehouse_url, write(snapshot, tmp_path))
     assert summary.statuses["okrug-1"] == "quarantined"
     rows = query(warehouse_url, "SELECT line_no, choice_position, choice_name, votes FROM results"
@@ -218,7 +217,7 @@ def test_history_across_snapshots(warehouse_url, tmp_path):
 
     levels = query(warehouse_url, "SELECT level, count(DISTINCT division_id) FROM results_history"
                    " WHERE contest_id = 'list' GROUP BY level ORDER BY level")
-    assert levels == [("country", 1), ("region", 4)]  # 3 regions and abroad, no precincts
+    assert levels == [("country", 1), ("region", 4)]  # the regions, no districts or precincts
     okrug = query(warehouse_url, "SELECT DISTINCT level FROM results_history"
                   " WHERE contest_id = 'okrug-1'")
     assert sorted(okrug) == [("constituency",), ("precinct",)]  # a constituency's children
@@ -361,7 +360,7 @@ def _assert_absent(url: str, snapshot_id: str) -> None:
 
 def test_sigkill_inside_the_transaction_leaves_nothing(warehouse_url, tmp_path):
     load_snapshot(warehouse_url, write(small_snapshot("s1", at(16)), tmp_path))
-    big = synthetic_snapshot("big", portal_updated_at=at(17))
+    big = warehouse_snapshot("big", portal_updated_at=at(17))
     loader = _start_loader(warehouse_url, write(big, tmp_path), hold_seconds=60)
     assert loader.stderr is not None
     for line in loader.stderr:  # wait until every row is inserted, the commit not sent
@@ -380,7 +379,7 @@ def test_sigkill_inside_the_transaction_leaves_nothing(warehouse_url, tmp_path):
 
 @pytest.mark.parametrize("after_table", ["divisions", "results", "seat_allocations"])
 def test_sigkill_during_the_bulk_inserts_is_all_or_nothing(warehouse_url, tmp_path, after_table):
-    big = synthetic_snapshot("big", portal_updated_at=at(17))
+    big = warehouse_snapshot("big", portal_updated_at=at(17))
     directory = write(big, tmp_path)
     loader = _start_loader(warehouse_url, directory, log_level="DEBUG")
     assert loader.stderr is not None
@@ -406,3 +405,6 @@ def test_readme_example_queries_run(warehouse_url, tmp_path):
     assert len(answers[0]) == 22  # 21 parties and against-all, national
     assert len(answers[1]) == 1 and answers[1][0][1] > 0  # one snapshot of party №21
     assert sum(row[4] for row in answers[2]) == 54  # every party-list seat is given
+    as_of = answers[-1]  # "as of snapshot X": every party-list line of the snapshot
+    assert len(as_of) == count(warehouse_url, "results_by_snapshot") - len(
+        query(warehouse_url, "SELECT 1 FROM results WHERE contest_id <> 'list'")) > 0
