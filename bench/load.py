@@ -52,14 +52,15 @@ LATEST_ONE_DIVISION = (
 
 def synthetic_dirs(root: Path, precincts: int | None) -> dict[str, Path]:
     """The `first` (95% counted) and `next` (all counted) snapshots of a synthetic night."""
-    size: dict[str, int] = {}
-    if precincts is not None:
-        size = {"regions": 20, "districts_per_region": 50,
-                "precincts_per_district": max(1, round(precincts / 1000))}
     dirs = {}
-    for name, counted, hour in (("first", 0.95, 21), ("next", 1.0, 22)):
+    for name, counted in (("first", 0.95), ("next", 1.0)):
         started = time.perf_counter()
-        snapshot = warehouse_snapshot(f"jk2021-bench-{name}", counted=counted, **size)
+        if precincts is None:  # kg2021's size
+            snapshot = warehouse_snapshot(f"jk2021-bench-{name}", counted=counted)
+        else:
+            snapshot = warehouse_snapshot(
+                f"jk2021-bench-{name}", counted=counted, regions=20, districts_per_region=50,
+                precincts_per_district=max(1, round(precincts / 1000)))
         dirs[name] = snapshot.write(root / name)
         log.info("generated %s: %d divisions, %d result lines in %.1fs", name,
                  len(snapshot.divisions), len(snapshot.results), time.perf_counter() - started)

@@ -155,9 +155,9 @@ def load_snapshot(
             exists = bool(db.query("SELECT 1 FROM snapshots WHERE snapshot_id = ?", [snapshot_id]))
             if exists and not replace:
                 db.rollback()
-                stored = _stored_statuses(db, snapshot_id)
+                known = _stored_statuses(db, snapshot_id)
                 log.info("snapshot %s is already in the warehouse: nothing loaded", snapshot_id)
-                return LoadSummary(snapshot_id, manifest.election_id, stored,
+                return LoadSummary(snapshot_id, manifest.election_id, known,
                                    dict.fromkeys(staged.tables, 0), False,
                                    time.perf_counter() - started,
                                    dict.fromkeys(staged.tables, 0))
@@ -177,7 +177,8 @@ def load_snapshot(
                  manifest.pages_failed, load_seq],
             )
             versioned = {table.name: table for table in VERSIONED_TABLES}
-            rows, stored = {}, {}
+            rows: dict[str, int] = {}
+            stored: dict[str, int] = {}
             for table, table_rows in staged.tables.items():
                 rows[table] = table_rows.num_rows
                 if table in versioned:
