@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from etl import schema
-from etl.quality.catalog import CHECKS
 from etl.normalise import SnapshotFrames, write_snapshot
+from etl.quality.catalog import CHECKS
 
 ELECTION_ID = "synthetic"
 AGAINST_ALL = "Против всех"
