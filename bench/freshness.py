@@ -134,7 +134,7 @@ def metadata_db(kind: str, airflow_home: Path) -> Iterator[str]:
         return
     import importlib.util
 
-    from etl.warehouse.scratch import DEFAULT_ADMIN_URL, scratch_database
+    from tests.scratch import DEFAULT_ADMIN_URL, scratch_database
 
     if importlib.util.find_spec("asyncpg") is None:
         # Airflow 3 opens an async connection too, and maps postgresql to asyncpg for it.

@@ -26,7 +26,7 @@ import pandas as pd
 
 from bench import save_report
 from etl.quality import validate_snapshot
-from etl.quality.synthetic import make_consistent_election
+from tests.synthetic import make_consistent_election
 
 log = logging.getLogger("bench.validate")
 

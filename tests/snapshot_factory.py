@@ -2,7 +2,8 @@
 PostgreSQL database for the session.
 
 `small_snapshot()` is a consistent kg2021-shaped snapshot (party list + 3 constituencies,
-40 precincts); the `with_*` functions return changed copies for a scenario.
+40 precincts, from the one synthetic-election generator in `synthetic.py`); the `with_*`
+functions return changed copies for a scenario.
 """
 
 from __future__ import annotations
@@ -16,15 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scratch import ADMIN_URL_ENV, DEFAULT_ADMIN_URL, scratch_database, scratch_schema_url
+from synthetic import SyntheticSnapshot, warehouse_snapshot
 
 from etl import schema
-from etl.warehouse.scratch import (
-    ADMIN_URL_ENV,
-    DEFAULT_ADMIN_URL,
-    scratch_database,
-    scratch_schema_url,
-)
-from etl.warehouse.synthetic import SyntheticSnapshot, synthetic_snapshot
 
 
 def at(hour: int, minute: int = 0, day: int = 28) -> datetime:
@@ -36,14 +32,14 @@ def small_snapshot(
     snapshot_id: str, portal_updated_at: datetime | None = None, *, counted: float = 1.0,
     seed: int = 0,
 ) -> SyntheticSnapshot:
-    """A small consistent snapshot: contests `list`, `okrug-1` … `okrug-3`."""
-    return synthetic_snapshot(
+    """A small consistent snapshot: contests `list` (4 regions of 2 districts of 5
+    precincts), `okrug-1` … `okrug-3` (2 candidates each)."""
+    return warehouse_snapshot(
         snapshot_id,
         portal_updated_at=portal_updated_at or at(16),
-        precincts=40,
-        abroad=2,
-        regions=3,
+        regions=4,
         districts_per_region=2,
+        precincts_per_district=5,
         okrugs=3,
         counted=counted,
         seed=seed,
@@ -61,6 +57,7 @@ def with_dq_row(
         "division_id": None, "choice_position": None, "observed": "143.27",
         "expected": "<= 100.00", "message": message,
     }
+    assert snapshot.dq_results is not None
     dq = pd.concat([snapshot.dq_results, pd.DataFrame([row])], ignore_index=True)
     return replace(snapshot, dq_results=dq.astype(schema.DQ_RESULTS))
 
@@ -106,6 +103,7 @@ def with_names(snapshot: SyntheticSnapshot, names: list[str]) -> SyntheticSnapsh
     divisions["name"] = [names[i % len(names)] for i in range(len(divisions))]
     results = snapshot.results.copy()
     results["choice_name"] = [names[i % len(names)] for i in range(len(results))]
+    assert snapshot.dq_results is not None
     dq = snapshot.dq_results.copy()
     dq["message"] = [names[i % len(names)] for i in range(len(dq))]
     return replace(snapshot, divisions=divisions, results=results,

@@ -9,6 +9,12 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from synthetic import (
+    CORRUPTIONS,
+    SyntheticSnapshot,
+    corrupt,
+    make_consistent_election,
+)
 
 from etl import schema
 from etl.quality import CHECKS, QualityConfig, run_checks, validate_snapshot
@@ -16,12 +22,6 @@ from etl.quality.catalog import CHECKS_BY_ID
 from etl.quality.cli import main_validate
 from etl.quality.findings import formatter_for
 from etl.quality.suites import EXPECTATIONS_DIR, read_suite_specs
-from etl.quality.synthetic import (
-    CORRUPTIONS,
-    SyntheticSnapshot,
-    corrupt,
-    make_consistent_election,
-)
 
 SNAPSHOT = "hand-1"
 PREVIOUS = "hand-0"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from etl.warehouse.backends import WarehouseURLError
 from etl.warehouse.load import (
-    HOLD_ENV,
     LoadSummary,
     load_snapshot,
     migrate,
@@ -25,7 +24,6 @@ from etl.warehouse.snapshot import (
 
 __all__ = [
     "FAILED",
-    "HOLD_ENV",
     "PUBLISHED",
     "QUARANTINED",
     "ContestStatus",

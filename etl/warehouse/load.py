@@ -8,8 +8,8 @@ is visible before the commit and a quarantined contest never reaches them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,11 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from etl import schema
 from etl.elections import ElectionRules, load_election
 from etl.warehouse.backends import Backend, connect, redact
-from etl.warehouse.migrations import MIGRATIONS, SCHEMA_MIGRATIONS_DDL, SNAPSHOT_TABLES
+from etl.warehouse.migrations import (
+    MIGRATIONS,
+    SCHEMA_MIGRATIONS_DDL,
+    SNAPSHOT_TABLES,
+    VERSIONED_TABLES,
+    VersionedTable,
+)
 from etl.warehouse.snapshot import (
     FAILED,
     PUBLISHED,
@@ -34,15 +41,19 @@ from etl.warehouse.snapshot import (
 
 log = logging.getLogger(__name__)
 
-# Test hook: seconds to sleep with the load transaction open, every row inserted and the
-# commit not yet sent, so a test can SIGKILL the loader at the worst moment.
-HOLD_ENV = "CEC_WAREHOUSE_TEST_HOLD_SECONDS"
 _MIGRATION_LOCK = "cec-warehouse-migrations"
+# Loads are serialised: each takes the next load_seq and compares with the current versions.
+_LOAD_LOCK = "cec-warehouse-load"
 
 
 @dataclass(frozen=True)
 class LoadSummary:
-    """What a load did: the snapshot, each contest's status, the rows written, whether new."""
+    """What a load did: the snapshot, each contest's status, its rows, whether new.
+
+    `rows` counts the snapshot's rows per table (as the `*_by_snapshot` views show them);
+    `rows_stored` the rows actually written: for divisions, turnout and results only the
+    versions that changed since the previous snapshot.
+    """
 
     snapshot_id: str
     election_id: str
@@ -50,6 +61,7 @@ class LoadSummary:
     rows: Mapping[str, int]
     is_new: bool
     seconds: float
+    rows_stored: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def statuses(self) -> dict[str, str]:
@@ -137,48 +149,61 @@ def load_snapshot(
         _migrate(db)
         db.begin()
         try:
-            # Serialise two loads of the same snapshot (PostgreSQL; DuckDB has one writer).
-            db.lock(f"cec-snapshot:{snapshot_id}")
+            # Serialise loads (PostgreSQL; DuckDB has one writer): each takes the next
+            # load_seq and compares its rows with the current versions.
+            db.lock(_LOAD_LOCK)
             exists = bool(db.query("SELECT 1 FROM snapshots WHERE snapshot_id = ?", [snapshot_id]))
             if exists and not replace:
                 db.rollback()
-                stored = _stored_statuses(db, snapshot_id)
+                known = _stored_statuses(db, snapshot_id)
                 log.info("snapshot %s is already in the warehouse: nothing loaded", snapshot_id)
-                return LoadSummary(snapshot_id, manifest.election_id, stored,
+                return LoadSummary(snapshot_id, manifest.election_id, known,
                                    dict.fromkeys(staged.tables, 0), False,
-                                   time.perf_counter() - started)
+                                   time.perf_counter() - started,
+                                   dict.fromkeys(staged.tables, 0))
             if exists:
-                for table in SNAPSHOT_TABLES:
-                    db.execute(f"DELETE FROM {table} WHERE snapshot_id = ?", [snapshot_id])
+                _remove_snapshot(db, snapshot_id)
+            load_seq = db.query("SELECT coalesce(max(load_seq), 0) + 1 FROM snapshots")[0][0]
+            previous_seq = db.query(
+                "SELECT max(load_seq) FROM snapshots WHERE election_id = ?",
+                [manifest.election_id],
+            )[0][0]
             db.execute(
                 "INSERT INTO snapshots (snapshot_id, election_id, portal_updated_at, fetched_at,"
-                " pages_fetched, pages_not_modified, pages_failed, loaded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
+                " pages_fetched, pages_not_modified, pages_failed, loaded_at, load_seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP, ?)",
                 [snapshot_id, manifest.election_id, manifest.portal_updated_at,
                  manifest.fetched_at, manifest.pages_fetched, manifest.pages_not_modified,
-                 manifest.pages_failed],
+                 manifest.pages_failed, load_seq],
             )
-            rows = {}
+            versioned = {table.name: table for table in VERSIONED_TABLES}
+            rows: dict[str, int] = {}
+            stored: dict[str, int] = {}
             for table, table_rows in staged.tables.items():
-                rows[table] = db.bulk_insert(table, table_rows)
-                log.debug("snapshot %s: %d rows into %s", snapshot_id, rows[table], table)
-            _hold_for_tests(snapshot_id)
+                rows[table] = table_rows.num_rows
+                if table in versioned:
+                    stored[table] = _store_versions(db, versioned[table], table_rows,
+                                                    manifest.election_id, load_seq, previous_seq)
+                else:
+                    stored[table] = db.bulk_insert(table, table_rows)
+                log.debug("snapshot %s: %d rows into %s (%d of the snapshot's)",
+                          snapshot_id, stored[table], table, rows[table])
             db.commit()
         except BaseException:
             db.rollback()
             raise
     seconds = time.perf_counter() - started
     log.info(
-        "snapshot %s loaded into %s in %.2fs (%s): rows %s; contests %s",
+        "snapshot %s loaded into %s in %.2fs (%s): rows %s, of them stored %s; contests %s",
         snapshot_id, redact(warehouse_url), seconds, "replaced" if exists else "new", rows,
-        dict(Counter(c.status for c in staged.statuses)),
+        stored, dict(Counter(c.status for c in staged.statuses)),
     )
     for status in staged.statuses:
         if status.status != PUBLISHED:
             log.warning("snapshot %s contest %s %s: %s", snapshot_id, status.contest_id,
                         status.status, status.reason)
     return LoadSummary(snapshot_id, manifest.election_id, staged.statuses, rows, not exists,
-                       seconds)
+                       seconds, stored)
 
 
 def _rules_or_none(election_id: str) -> ElectionRules | None:
@@ -199,12 +224,105 @@ def _stored_statuses(db: Backend, snapshot_id: str) -> tuple[ContestStatus, ...]
     return tuple(ContestStatus(*row) for row in rows)
 
 
-def _hold_for_tests(snapshot_id: str) -> None:
-    seconds = float(os.environ.get(HOLD_ENV, "0") or 0)
-    if seconds > 0:
-        log.warning("holding the load transaction of %s open for %.1fs (%s)",
-                    snapshot_id, seconds, HOLD_ENV)
-        time.sleep(seconds)
+def _store_versions(
+    db: Backend,
+    table: VersionedTable,
+    snapshot_rows: pa.Table,
+    election_id: str,
+    load_seq: int,
+    previous_seq: int | None,
+) -> int:
+    """Write the snapshot's rows of a versioned table as versions; return the rows written.
+
+    The current versions of the election (valid_to_seq null) are exactly the rows of its
+    previously loaded snapshot. One that the new snapshot repeats, key and values alike,
+    simply stays current; the others are closed at the previous snapshot, and the new
+    snapshot's other rows become new current versions.
+    """
+    rows = snapshot_rows.append_column(
+        "valid_from_seq", pa.array([load_seq] * snapshot_rows.num_rows, pa.int64())
+    )
+    current = db.query(
+        f"SELECT 1 FROM {table.name} WHERE election_id = ? AND valid_to_seq IS NULL LIMIT 1",
+        [election_id],
+    )
+    if not current:
+        return db.bulk_insert(table.name, rows)
+    staging = f"staged_{table.name}"
+    db.execute(f"CREATE TEMPORARY TABLE {staging} AS SELECT * FROM {table.name} WHERE 1 = 0")
+    db.bulk_insert(staging, rows)
+    same_key = " AND ".join(f"s.{c} = v.{c}" for c in table.key)
+    same_values = " AND ".join(f"s.{c} IS NOT DISTINCT FROM v.{c}" for c in table.values)
+    db.execute(
+        f"UPDATE {table.name} AS v SET valid_to_seq = ?"
+        " WHERE v.election_id = ? AND v.valid_to_seq IS NULL AND NOT EXISTS ("
+        f"SELECT 1 FROM {staging} AS s WHERE {same_key} AND {same_values})",
+        [previous_seq, election_id],
+    )
+    columns = ", ".join((*table.columns, "valid_from_seq"))
+    db.execute(
+        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {staging} AS s"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {table.name} AS v WHERE v.election_id = ?"
+        f" AND v.valid_to_seq IS NULL AND {same_key})",
+        [election_id],
+    )
+    written = db.query(
+        f"SELECT count(*) FROM {table.name} WHERE election_id = ? AND valid_from_seq = ?",
+        [election_id, load_seq],
+    )[0][0]
+    db.execute(f"DROP TABLE {staging}")
+    return int(written)
+
+
+def _remove_snapshot(db: Backend, snapshot_id: str) -> None:
+    """Take a snapshot out of the warehouse (for a reload): its copies and its versions.
+
+    Each version's range loses the snapshot's load_seq n: a version of n alone goes; one
+    that starts at n now starts at the election's next snapshot; one that ends at n ends
+    at the previous; one spanning n is split in two. When n was the election's last
+    snapshot, the previous one's versions become current again.
+    """
+    election_id, seq = db.query(
+        "SELECT election_id, load_seq FROM snapshots WHERE snapshot_id = ?", [snapshot_id]
+    )[0]
+    previous = db.query(
+        "SELECT max(load_seq) FROM snapshots WHERE election_id = ? AND load_seq < ?",
+        [election_id, seq],
+    )[0][0]
+    following = db.query(
+        "SELECT load_seq, snapshot_id FROM snapshots WHERE election_id = ? AND load_seq > ?"
+        " ORDER BY load_seq LIMIT 1",
+        [election_id, seq],
+    )
+    for table in VERSIONED_TABLES:
+        name, where = table.name, "election_id = ?"
+        columns = ", ".join(c for c in table.columns if c != "snapshot_id")
+        if following:
+            next_seq, next_id = following[0]
+            # Versions spanning n: the part after n, then the part before it.
+            db.execute(
+                f"INSERT INTO {name} (snapshot_id, {columns}, valid_from_seq, valid_to_seq)"
+                f" SELECT ?, {columns}, ?, valid_to_seq FROM {name} WHERE {where}"
+                " AND valid_from_seq <= ? AND (valid_to_seq IS NULL OR valid_to_seq > ?)",
+                [next_id, next_seq, election_id, seq, seq],
+            )
+            db.execute(
+                f"UPDATE {name} SET valid_to_seq = ? WHERE {where} AND valid_from_seq < ?"
+                " AND (valid_to_seq IS NULL OR valid_to_seq >= ?)",
+                [previous, election_id, seq, seq],
+            )
+            db.execute(f"DELETE FROM {name} WHERE {where} AND valid_from_seq = ?",
+                       [election_id, seq])
+        else:
+            db.execute(f"DELETE FROM {name} WHERE {where} AND valid_from_seq = ?",
+                       [election_id, seq])
+            if previous is not None:
+                db.execute(
+                    f"UPDATE {name} SET valid_to_seq = NULL WHERE {where} AND valid_to_seq = ?",
+                    [election_id, previous],
+                )
+    for name in SNAPSHOT_TABLES:
+        db.execute(f"DELETE FROM {name} WHERE snapshot_id = ?", [snapshot_id])
 
 
 def previous_published(

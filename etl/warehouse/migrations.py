@@ -224,13 +224,222 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-# Tables that hold a snapshot's rows, in the order a reload deletes them.
+# --- Version 2: storage that grows with changes, not with snapshots (SCD type 2) ----------
+#
+# `divisions`, `turnout` and `results` keep one row per *version* of a division's row: the
+# row holds for every snapshot of its election whose `snapshots.load_seq` lies in
+# [valid_from_seq, valid_to_seq] (valid_to_seq null: still current). A row that did not
+# change since the previous snapshot costs nothing new. `snapshot_id` is the snapshot that
+# first showed the version. The `*_by_snapshot` views expand versions back to one row per
+# snapshot: exactly the rows version 1 stored, and what every consumer view reads.
+
+
+@dataclass(frozen=True)
+class VersionedTable:
+    """A table stored as versions: the natural key within an election and the value columns."""
+
+    name: str
+    key: tuple[str, ...]
+    values: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The version-1 columns, in order (snapshot_id first)."""
+        return ("snapshot_id", "election_id", *self.key, *self.values)
+
+
+VERSIONED_TABLES: tuple[VersionedTable, ...] = (
+    VersionedTable("divisions", ("contest_id", "division_id"), ("parent_id", "level", "name")),
+    VersionedTable(
+        "turnout",
+        ("contest_id", "division_id"),
+        ("registered", "ballots_issued", "ballots_cast", "invalid", "valid",
+         "precincts_counted", "precincts_total", "turnout_pct_published"),
+    ),
+    VersionedTable(
+        "results",
+        ("contest_id", "division_id", "line_no"),
+        ("choice_position", "choice_name", "is_against_all", "votes", "pct_published",
+         "pct_computed"),
+    ),
+)
+
+_V2_COLUMN_TYPES = {
+    "divisions": """
+        snapshot_id TEXT NOT NULL,
+        election_id TEXT NOT NULL,
+        contest_id TEXT NOT NULL,
+        division_id TEXT NOT NULL,
+        parent_id TEXT,
+        level TEXT,
+        name TEXT""",
+    "turnout": """
+        snapshot_id TEXT NOT NULL,
+        election_id TEXT NOT NULL,
+        contest_id TEXT NOT NULL,
+        division_id TEXT NOT NULL,
+        registered BIGINT,
+        ballots_issued BIGINT,
+        ballots_cast BIGINT,
+        invalid BIGINT,
+        valid BIGINT,
+        precincts_counted BIGINT,
+        precincts_total BIGINT,
+        turnout_pct_published DOUBLE PRECISION""",
+    "results": """
+        snapshot_id TEXT NOT NULL,
+        election_id TEXT NOT NULL,
+        contest_id TEXT NOT NULL,
+        division_id TEXT NOT NULL,
+        line_no INTEGER NOT NULL,
+        choice_position BIGINT,
+        choice_name TEXT,
+        is_against_all BOOLEAN,
+        votes BIGINT,
+        pct_published DOUBLE PRECISION,
+        pct_computed DOUBLE PRECISION""",
+}
+
+
+def holds_at(alias: str, seq: str) -> str:
+    """SQL: the version `alias` holds in the snapshot whose load_seq is `seq`."""
+    return (f"{alias}.valid_from_seq <= {seq}"
+            f" AND ({alias}.valid_to_seq IS NULL OR {alias}.valid_to_seq >= {seq})")
+
+
+def _versioned_ddl(table: VersionedTable) -> str:
+    # The key leads with the natural key, so one division's versions are one index range
+    # (latest_results for one division is an index lookup, see the README's EXPLAIN).
+    key = ", ".join(("election_id", *table.key, "valid_from_seq"))
+    return f"""
+    CREATE TABLE {table.name}_v2 ({_V2_COLUMN_TYPES[table.name]},
+        valid_from_seq BIGINT NOT NULL,
+        valid_to_seq BIGINT,
+        PRIMARY KEY ({key})
+    )
+    """
+
+
+def _compress(table: VersionedTable) -> str:
+    """Fold version-1 rows (a copy per snapshot) into versions: gaps and islands.
+
+    Snapshots of an election have consecutive load_seq after the migration, so a row starts
+    a new version when its key was absent from the previous snapshot or a value changed.
+    """
+    key = ", ".join(("election_id", *table.key))
+    changed = " OR ".join(
+        f"lag(r.{c}) OVER w IS DISTINCT FROM r.{c}" for c in table.values
+    )
+    columns = ", ".join(table.columns)
+    return f"""
+    INSERT INTO {table.name}_v2 ({columns}, valid_from_seq, valid_to_seq)
+    WITH marked AS (
+        SELECT r.*, s.load_seq,
+               max(s.load_seq) OVER (PARTITION BY s.election_id) AS last_seq,
+               CASE WHEN lag(s.load_seq) OVER w IS DISTINCT FROM s.load_seq - 1
+                      OR {changed} THEN 1 ELSE 0 END AS starts
+        FROM {table.name} AS r
+        JOIN snapshots_v2 AS s ON s.snapshot_id = r.snapshot_id
+        WINDOW w AS (PARTITION BY {", ".join("r." + c for c in ("election_id", *table.key))}
+                     ORDER BY s.load_seq)
+    ),
+    islands AS (
+        SELECT *, sum(starts) OVER (PARTITION BY {key} ORDER BY load_seq
+                                    ROWS UNBOUNDED PRECEDING) AS island
+        FROM marked
+    ),
+    spans AS (
+        SELECT *, max(load_seq) OVER (PARTITION BY {key}, island) AS island_end
+        FROM islands
+    )
+    SELECT {columns}, load_seq,
+           CASE WHEN island_end = last_seq THEN NULL ELSE island_end END
+    FROM spans
+    WHERE starts = 1
+    """
+
+
+def _by_snapshot_view(table: VersionedTable) -> str:
+    selected = ", ".join(
+        ["s.snapshot_id", *(f"v.{c}" for c in table.columns if c != "snapshot_id")]
+    )
+    return f"""
+    CREATE VIEW {table.name}_by_snapshot AS
+    SELECT {selected}
+    FROM snapshots AS s
+    JOIN {table.name} AS v ON v.election_id = s.election_id AND {holds_at("v", "s.load_seq")}
+    """
+
+
+# Version-1 views, rewritten over the *_by_snapshot views: same columns, same rows.
+def _over_versions(view_sql: str, tables: tuple[str, ...]) -> str:
+    """The view with each `FROM/JOIN <table> AS` read from `<table>_by_snapshot` instead."""
+    rewritten = view_sql
+    for table in tables:
+        for verb in ("FROM", "JOIN"):
+            rewritten = rewritten.replace(f"{verb} {table} AS", f"{verb} {table}_by_snapshot AS")
+    if rewritten == view_sql:
+        raise AssertionError("nothing to rewrite")  # a view text changed under us
+    return rewritten
+
+
+_LATEST_RESULTS_V2 = _over_versions(_LATEST_RESULTS, ("results",))
+_LATEST_TURNOUT_V2 = _over_versions(_LATEST_TURNOUT, ("turnout",))
+_RESULTS_HISTORY_V2 = _over_versions(_RESULTS_HISTORY, ("divisions", "results", "turnout"))
+
+MIGRATIONS += (
+    Migration(
+        2,
+        "versions instead of copies: divisions, turnout and results valid over a snapshot range",
+        (
+            "DROP VIEW seat_allocation",
+            "DROP VIEW results_history",
+            "DROP VIEW latest_turnout",
+            "DROP VIEW latest_results",
+            "DROP VIEW latest_published",
+            # load_seq: the order snapshots were loaded in (existing ones: the portal's).
+            """
+            CREATE TABLE snapshots_v2 (
+                snapshot_id TEXT PRIMARY KEY,
+                election_id TEXT NOT NULL,
+                portal_updated_at TIMESTAMPTZ,
+                fetched_at TIMESTAMPTZ NOT NULL,
+                pages_fetched BIGINT NOT NULL,
+                pages_not_modified BIGINT NOT NULL,
+                pages_failed BIGINT NOT NULL,
+                loaded_at TIMESTAMPTZ NOT NULL,
+                load_seq BIGINT NOT NULL UNIQUE
+            )
+            """,
+            """
+            INSERT INTO snapshots_v2
+            SELECT snapshot_id, election_id, portal_updated_at, fetched_at, pages_fetched,
+                   pages_not_modified, pages_failed, loaded_at,
+                   row_number() OVER (ORDER BY election_id, portal_updated_at NULLS FIRST,
+                                      fetched_at, snapshot_id)
+            FROM snapshots
+            """,
+            *(_versioned_ddl(table) for table in VERSIONED_TABLES),
+            *(_compress(table) for table in VERSIONED_TABLES),
+            *(f"DROP TABLE {table.name}" for table in VERSIONED_TABLES),
+            "DROP TABLE snapshots",
+            "ALTER TABLE snapshots_v2 RENAME TO snapshots",
+            *(f"ALTER TABLE {table.name}_v2 RENAME TO {table.name}" for table in VERSIONED_TABLES),
+            *(_by_snapshot_view(table) for table in VERSIONED_TABLES),
+            _LATEST_PUBLISHED,
+            _LATEST_RESULTS_V2,
+            _LATEST_TURNOUT_V2,
+            _RESULTS_HISTORY_V2,
+            _SEAT_ALLOCATION,
+        ),
+    ),
+)
+
+# Tables that hold a copy per snapshot, in the order a reload deletes them (the versioned
+# tables are handled by `etl.warehouse.load`).
 SNAPSHOT_TABLES: tuple[str, ...] = (
     "seat_allocations",
     "dq_results",
-    "results",
-    "turnout",
-    "divisions",
     "snapshot_contests",
     "snapshots",
 )

@@ -1,4 +1,5 @@
-"""Throwaway PostgreSQL databases and schemas, for the warehouse tests and the load benchmark.
+"""Throwaway PostgreSQL databases and schemas, for the warehouse tests and the benchmarks
+(`bench/` imports this as `tests.scratch`).
 
 A run gets its own uniquely named database, dropped afterwards, and each warehouse in it
 its own empty schema, so runs never see each other's rows and nothing is left behind.

@@ -1,16 +1,23 @@
-"""Synthetic, internally consistent elections, and single corruptions of them.
+"""The synthetic-election generator of the tests and benchmarks, and single corruptions.
 
-Used by the property tests (a consistent election must pass every critical check; one
-corruption must make its check fail) and by `bench/validate.py` when no real snapshot
-directory is at hand. The numbers follow the protocol: lines + against all + invalid =
-ballots cast, percentages are votes / ballots cast × 100 rounded to two decimals, parents
-are the sums of their children.
+One generator, `make_consistent_election`: a party list (country → region → district →
+precinct) and single-mandate constituencies over the same precincts, at any size (the
+100,000-precinct load benchmark scales it up). The numbers follow the protocol: lines +
+against all + invalid = ballots cast, percentages are votes / ballots cast × 100 rounded to
+two decimals, parents are the sums of their children. `warehouse_snapshot` adds what the
+loader needs (the gate's all-clear `dq_results`, portal and fetch times).
+
+Used by the property tests of the gate (`corrupt`: one corruption must make its check
+fail), the warehouse tests (`tests/snapshot_factory.py`) and `bench/` (which imports it as
+`tests.synthetic`: benchmarks run from the repository root, where `tests/` is a namespace
+package). Not part of the `etl` package: production never generates elections.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ import pandas as pd
 
 from etl import schema
 from etl.normalise import SnapshotFrames, write_snapshot
+from etl.quality.catalog import CHECKS
 
 ELECTION_ID = "synthetic"
 AGAINST_ALL = "Против всех"
@@ -47,12 +55,13 @@ CORRUPTION_CHECK = {
 
 @dataclass(frozen=True)
 class SyntheticSnapshot:
-    """One snapshot's frames and `snapshot.json` metadata."""
+    """One snapshot's frames, `snapshot.json` metadata and (if validated) `dq_results`."""
 
     divisions: pd.DataFrame
     turnout: pd.DataFrame
     results: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+    dq_results: pd.DataFrame | None = None
 
     @property
     def snapshot_id(self) -> str:
@@ -60,10 +69,15 @@ class SyntheticSnapshot:
         return str(self.meta["snapshot_id"])
 
     def write(self, out_dir: Path) -> Path:
-        """Write it as a scrape output directory (the three parquet files and snapshot.json)."""
+        """Write it as a snapshot directory: the three parquet files and snapshot.json, and
+        `dq_results.parquet` when the snapshot carries quality results."""
+        from etl.quality.gate import DQ_RESULTS_FILE, write_dq_results
+
         write_snapshot(
             out_dir, SnapshotFrames(self.divisions, self.turnout, self.results), self.meta
         )
+        if self.dq_results is not None:
+            write_dq_results(self.dq_results.astype(schema.DQ_RESULTS), out_dir / DQ_RESULTS_FILE)
         return out_dir
 
 
@@ -102,12 +116,15 @@ def make_consistent_election(
     against_all_wins: bool = False,
     election_id: str = ELECTION_ID,
     snapshot_id: str | None = None,
+    okrug_root_ids: bool = False,
 ) -> SyntheticSnapshot:
     """A consistent election: a party `list` (country → region → district → precinct) and
     `okrugs` single-mandate contests (constituency → precinct) over the same precincts.
 
     The same seed with a larger `counted_fraction` is a later snapshot of the same night:
-    counted precincts stay counted with the same figures, so nothing goes down.
+    counted precincts stay counted with the same figures, so nothing goes down. With
+    `okrug_root_ids` a constituency's root division is named like the contest (`okrug-1`,
+    as on the CEC portal) rather than `o1`.
     """
     rng = np.random.default_rng(seed)
     snapshot_id = snapshot_id or f"{election_id}-{seed}-{round(counted_fraction * 1000):04d}"
@@ -129,10 +146,11 @@ def make_consistent_election(
         members = precinct_ids[k - 1 :: okrugs]
         if not members:
             continue
+        root = f"okrug-{k}" if okrug_root_ids else f"o{k}"
         tree: dict[str, tuple[str | None, str, str]] = {
-            f"o{k}": (None, "constituency", f"Округ №{k}")
+            root: (None, "constituency", f"Округ №{k}")
         }
-        tree.update({p: (f"o{k}", "precinct", f"УИК №{p}") for p in members})
+        tree.update({p: (root, "precinct", f"УИК №{p}") for p in members})
         candidates = [(i, f"Кандидат {k}-{i}") for i in range(1, candidates_per_okrug + 1)]
         contests.append(_Contest(f"okrug-{k}", f"Округ №{k}", candidates, tree, members))
 
@@ -198,6 +216,56 @@ def make_consistent_election(
         results=results[list(schema.RESULTS)].astype(schema.RESULTS),
         meta=meta,
     )
+
+
+
+
+def warehouse_snapshot(
+    snapshot_id: str,
+    *,
+    portal_updated_at: datetime | None = datetime(2021, 11, 28, 21, 30, tzinfo=UTC),
+    election_id: str = "jk2021",
+    regions: int = 10,
+    districts_per_region: int = 5,
+    precincts_per_district: int = 50,
+    okrugs: int = 36,
+    candidates_per_okrug: int = 2,
+    counted: float = 1.0,
+    seed: int = 0,
+) -> SyntheticSnapshot:
+    """A loadable snapshot of `make_consistent_election` (kg2021's size by default: 2,500
+    precincts, 21 parties, 36 constituencies) with the gate's all-clear results and times
+    (fetched 40 s after the portal's time)."""
+    election = make_consistent_election(
+        seed, regions=regions, districts_per_region=districts_per_region,
+        precincts_per_district=precincts_per_district, okrugs=okrugs,
+        candidates_per_okrug=candidates_per_okrug, counted_fraction=counted,
+        election_id=election_id, snapshot_id=snapshot_id, okrug_root_ids=True,
+    )
+    contest_ids = list(election.meta["contests"])
+    dq_results = pd.DataFrame(
+        [
+            {"snapshot_id": snapshot_id, "check_id": check, "severity": severity,
+             "success": True, "contest_id": contest_id, "division_id": None,
+             "choice_position": None, "observed": "0", "expected": "0",
+             "message": f"{check}: no finding"}
+            for contest_id in contest_ids
+            # Every catalog check, as the publishing audit expects of a validated snapshot.
+            for check, severity in ((c.check_id, c.severity) for c in CHECKS)
+        ],
+        columns=list(schema.DQ_RESULTS),
+    ).astype(schema.DQ_RESULTS)
+    fetched = (portal_updated_at or datetime(2021, 11, 28, 21, 0, tzinfo=UTC)) + timedelta(
+        seconds=40
+    )
+    meta = {
+        **election.meta,
+        "portal": "http://127.0.0.1:8765",
+        "lang": "ru",
+        "portal_updated_at": portal_updated_at.isoformat() if portal_updated_at else None,
+        "fetched_at": fetched.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    return replace(election, meta=meta, dq_results=dq_results)
 
 
 def _precinct_votes(
