@@ -64,7 +64,10 @@ class PortalChangeTrigger(BaseEventTrigger):
         }
 
     def page_url(self) -> str:
-        """Absolute URL of the watched election page."""
+        """Absolute URL of the watched election page (imports `etl.crawl`: call off the loop)."""
+        import httpx  # noqa: F401  (imported here, in the thread, for run())
+
+        import etl.watch  # noqa: F401
         from etl import config
         from etl.crawl import election_path
         from etl.fetch import absolute_url
@@ -74,12 +77,15 @@ class PortalChangeTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll forever (the triggerer cancels it); yield an event per portal change."""
+        # Importing the pipeline's modules (parsers, requests) takes seconds on a busy machine:
+        # in a thread, so the triggerer's event loop (every other trigger) never waits on it.
+        url = await asyncio.to_thread(self.page_url)
         import httpx
 
         from etl import config
         from etl.watch import ElectionPageWatch, PortalState
 
-        watch = ElectionPageWatch(self.page_url(), unavailable_after=self.unavailable_after,
+        watch = ElectionPageWatch(url, unavailable_after=self.unavailable_after,
                                   reported=PortalState.from_dict(await self._stored_state()))
         start = datetime.fromisoformat(self.start) if self.start else None
         end = datetime.fromisoformat(self.end) if self.end else None

@@ -8,6 +8,7 @@ HTTP: a change fires one event, an unchanged portal none; a withdrawal (503) fir
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,24 @@ pytestmark = pytest.mark.airflow
 
 POLL = 0.2  # seconds between polls in these tests (the rule file says 3)
 QUIET = 1.5  # ~7 polls: long enough that a per-poll event would show
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ReplicaServer]:
+    with ReplicaServer() as replica:
+        yield replica
+
+
+@pytest.fixture
+def replica_at(server: ReplicaServer):  # type: ignore[no-untyped-def]
+    """The module's replica at a given snapshot, faults cleared before and after."""
+    def at(label: str) -> ReplicaServer:
+        server.clear_faults()
+        server.goto(label)
+        return server
+
+    yield at
+    server.clear_faults()
 
 
 class EventCollector:
@@ -62,7 +81,7 @@ def make_trigger(base_url: str, **overrides: Any) -> Any:
     return PortalChangeTrigger(**serialized)
 
 
-def test_one_event_per_portal_change_none_while_unchanged() -> None:
+def test_one_event_per_portal_change_none_while_unchanged(replica_at) -> None:
     async def scenario(replica: ReplicaServer) -> None:
         watcher = EventCollector(make_trigger(replica.base_url))
         watcher.start()
@@ -91,11 +110,10 @@ def test_one_event_per_portal_change_none_while_unchanged() -> None:
         await watcher.none_for(QUIET)
         await watcher.stop()
 
-    with ReplicaServer(at="counting-1") as replica:
-        asyncio.run(scenario(replica))
+    asyncio.run(scenario(replica_at("counting-1")))
 
 
-def test_a_single_failed_poll_is_not_a_change() -> None:
+def test_a_single_failed_poll_is_not_a_change(replica_at) -> None:
     async def scenario(replica: ReplicaServer) -> None:
         watcher = EventCollector(make_trigger(replica.base_url, unavailable_after=3))
         watcher.start()
@@ -109,11 +127,10 @@ def test_a_single_failed_poll_is_not_a_change() -> None:
         assert down["status"] == "unavailable"
         await watcher.stop()
 
-    with ReplicaServer(at="counting-1") as replica:
-        asyncio.run(scenario(replica))
+    asyncio.run(scenario(replica_at("counting-1")))
 
 
-def test_polls_are_conditional_requests() -> None:
+def test_polls_are_conditional_requests(replica_at) -> None:
     """After the first 200, the page is asked for with its validators and answered 304."""
     import httpx
 
@@ -130,12 +147,11 @@ def test_polls_are_conditional_requests() -> None:
         assert change is not None and change.state.etag
         return watch
 
-    with ReplicaServer(at="counting-2") as replica:
-        watch = asyncio.run(scenario(replica))
+    watch = asyncio.run(scenario(replica_at("counting-2")))
     assert (watch.polls, watch.not_modified, watch.failed) == (5, 3, 0)
 
 
-def test_the_trigger_resumes_from_the_stored_state_without_a_spurious_event() -> None:
+def test_the_trigger_resumes_from_the_stored_state_without_a_spurious_event(replica_at) -> None:
     """After a triggerer restart the last announced state (asset state store) is not re-sent."""
     from etl.watch import ElectionPageWatch, PortalState
 
@@ -171,5 +187,4 @@ def test_the_trigger_resumes_from_the_stored_state_without_a_spurious_event() ->
         assert (await restarted.next())["previous_body_sha256"] == announced["body_sha256"]
         await restarted.stop()
 
-    with ReplicaServer(at="counting-1") as replica:
-        asyncio.run(scenario(replica))
+    asyncio.run(scenario(replica_at("counting-1")))
