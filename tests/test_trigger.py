@@ -54,7 +54,7 @@ class EventCollector:
     def start(self) -> None:
         self.task = asyncio.create_task(self._pump())
 
-    async def next(self, within: float = 10.0) -> dict[str, Any]:
+    async def next(self, within: float = 60.0) -> dict[str, Any]:
         return await asyncio.wait_for(self.events.get(), within)
 
     async def none_for(self, seconds: float) -> None:
@@ -186,5 +186,23 @@ def test_the_trigger_resumes_from_the_stored_state_without_a_spurious_event(repl
         replica.goto("counting-2")
         assert (await restarted.next())["previous_body_sha256"] == announced["body_sha256"]
         await restarted.stop()
+
+    asyncio.run(scenario(replica_at("counting-1")))
+
+
+def test_no_poll_outside_the_election_window(replica_at) -> None:
+    """After the window's end the trigger sends nothing, so it can announce nothing."""
+    async def scenario(replica: ReplicaServer) -> None:
+        ended = EventCollector(make_trigger(replica.base_url, start="2021-11-28T20:00:00+06:00",
+                                            end="2021-12-16T00:00:00+06:00"))
+        ended.start()
+        await ended.none_for(QUIET)
+        await ended.stop()
+        # The same trigger inside its window announces the portal at once.
+        open_now = EventCollector(make_trigger(replica.base_url, start="2021-11-28T20:00:00+06:00",
+                                               end="2999-01-01T00:00:00+00:00"))
+        open_now.start()
+        assert (await open_now.next())["status"] == "available"
+        await open_now.stop()
 
     asyncio.run(scenario(replica_at("counting-1")))
