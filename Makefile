@@ -19,8 +19,12 @@ $(STAMP): requirements.txt requirements-dev.txt requirements.lock.txt pyproject.
 run: $(STAMP)
 	$(PY) -m etl.demo
 
+# The suite in parallel: one pytest-xdist worker per core, whole files per worker (module
+# fixtures computed once); each worker has its own temp dirs, databases and Airflow home
+# (tests/conftest.py). `make test PYTEST_WORKERS=0` runs it in one process.
+PYTEST_WORKERS ?= auto
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=20
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check etl dags tests bench deploy

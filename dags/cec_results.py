@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from etl.elections import ElectionRules, ElectionRulesError, read_elections
 from etl.identifiers import IDENTIFIER_PATTERN
+from etl.triggers import election_schedule
 
 ID_PATTERN = f"^{IDENTIFIER_PATTERN.pattern}$"
 
@@ -49,7 +50,8 @@ def build_election_dag(rules: ElectionRules) -> Any:
     @dag(
         dag_id=f"cec_results__{election_id}",
         description=f"Scrape, check and publish CEC results: {rules.name}",
-        schedule=schedule.cron if schedule else None,
+        # The watched portal asset (event-driven) or the cron, as the rule file says.
+        schedule=election_schedule(rules),
         start_date=schedule.start if schedule else None,
         end_date=schedule.end if schedule else None,
         catchup=False,

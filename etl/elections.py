@@ -19,6 +19,8 @@ from etl.identifiers import InvalidIdentifierError, checked_id
 from etl.seats import METHODS, SINGLE_MANDATE, THRESHOLD_BASES
 
 KINDS: tuple[str, ...] = ("party_list", SINGLE_MANDATE)
+SCHEDULE_MODES: tuple[str, ...] = ("watch", "cron")
+POLL_SECONDS_RANGE = (1.0, 300.0)
 
 
 class ElectionRulesError(ValueError):
@@ -38,11 +40,18 @@ class ContestRules:
 
 @dataclass(frozen=True)
 class Schedule:
-    """When the pipeline scrapes this election: a cron inside [start, end)."""
+    """When the pipeline scrapes this election inside [start, end).
+
+    `mode` "watch": a trigger polls the election page every `poll_seconds` (conditional
+    requests) and a DAG run starts when the portal changed; "cron": a run every `cron` tick
+    (the fallback where the triggerer cannot run or the portal ignores conditional requests).
+    """
 
     start: datetime
     end: datetime
-    cron: str
+    cron: str | None
+    mode: str = "cron"
+    poll_seconds: float = 5.0
 
     def contains(self, moment: datetime) -> bool:
         """True when `moment` (timezone-aware) is inside the window."""
@@ -217,5 +226,17 @@ def _schedule(section: Any, path: Path) -> Schedule:
         moments[key] = moment
     if moments["end"] <= moments["start"]:
         raise ElectionRulesError(f"{path}: schedule.end must be after schedule.start")
-    cron = _required(section, "cron", str, path, "schedule")
-    return Schedule(start=moments["start"], end=moments["end"], cron=cron)
+    # Files written before event-driven scheduling have a cron and no mode: they keep it.
+    mode = section.get("mode", "cron")
+    if mode not in SCHEDULE_MODES:
+        raise ElectionRulesError(f"{path}: schedule.mode {mode!r} is not one of {SCHEDULE_MODES}")
+    cron = (_required(section, "cron", str, path, "schedule") if mode == "cron" or "cron" in section
+            else None)
+    poll = section.get("poll_seconds", 5.0)
+    low, high = POLL_SECONDS_RANGE
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or not low <= poll <= high:
+        raise ElectionRulesError(
+            f"{path}: schedule.poll_seconds must be a number of seconds in [{low:g}, {high:g}], "
+            f"got {poll!r}")
+    return Schedule(start=moments["start"], end=moments["end"], cron=cron, mode=mode,
+                    poll_seconds=float(poll))

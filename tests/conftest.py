@@ -10,9 +10,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Airflow reads its configuration when first imported: give the test session its own
+# `make test` runs the suite in parallel (pytest-xdist, one process per worker, whole files
+# per worker: `--dist loadfile` keeps module fixtures such as the election-night replay to
+# one computation). Everything a test writes is per worker: tmp_path (xdist gives each
+# worker its own base), PostgreSQL databases and schemas (random names), ports (from the
+# OS), and the Airflow home below. Without xdist the worker is "main".
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+# Airflow reads its configuration when first imported: give each test process its own
 # AIRFLOW_HOME (SQLite metadata DB) before any test imports airflow.
-os.environ["AIRFLOW_HOME"] = str(REPO / ".pytest_airflow")
+os.environ["AIRFLOW_HOME"] = str(REPO / ".pytest_airflow" / WORKER)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 

@@ -39,14 +39,39 @@ def test_every_dag_sets_retries_catchup_and_one_active_run(dagbag) -> None:  # t
 
 def test_election_dag_schedule_comes_from_the_rule_file(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["cec_results__jk2021"]
-    assert dag.schedule == "*/5 * * * *"
-    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    # mode = "watch": scheduled on the portal asset, which a PortalChangeTrigger watches.
+    assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
+    [portal] = dag.schedule
+    assert portal.uri == "cec://jk2021/portal"
+    [watcher] = portal.watchers
+    classpath, kwargs = watcher.trigger.serialize()
+    assert classpath == "etl.triggers.PortalChangeTrigger"
+    assert (kwargs["election_id"], kwargs["lang"], kwargs["poll_seconds"]) == ("jk2021", "ru", 3.0)
+    # No URL baked in at parse time: the triggerer's CEC_PORTAL_URL decides.
+    assert kwargs["portal_url"] is None
+    assert kwargs["start"] == "2021-11-28T20:00:00+06:00"
     assert dag.start_date.isoformat().startswith("2021-11-28T14:00:00")  # 20:00 at +06:00
     assert dag.end_date.isoformat().startswith("2021-12-15T18:00:00")
     publish = dag.get_task("publish")
     assert publish.pool == "cec_warehouse"
     announce = dag.get_task("announce")
     assert [o.uri for o in announce.outlets] == ["cec://jk2021/results"]
+
+
+def test_cron_stays_available_as_the_fallback(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import runpy
+
+    from etl.elections import load_election
+
+    text = (REPO / "elections" / "jk2021.toml").read_text(encoding="utf-8")
+    assert 'mode = "watch"' in text
+    (tmp_path / "jk2021.toml").write_text(text.replace('mode = "watch"', 'mode = "cron"'),
+                                          encoding="utf-8")
+    monkeypatch.setenv("CEC_ELECTIONS_DIR", str(tmp_path))
+    dag = runpy.run_path(str(DAGS / "cec_results.py"))["cec_results__jk2021"]
+    assert dag.schedule == "*/5 * * * *"
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert load_election("jk2021").schedule.mode == "cron"
 
 
 def test_election_dag_task_graph(dagbag) -> None:  # type: ignore[no-untyped-def]

@@ -53,6 +53,13 @@ def test_elections_dir_comes_from_the_environment(tmp_path, monkeypatch):
          "single_mandate but has 2 seats"),
         ('election_id = "bad"\n[schedule]\nstart = "2021-11-28T20:00:00"\n'
          'end = "2021-11-29T20:00:00+06:00"\ncron = "* * * * *"\n', "UTC offset"),
+        ('election_id = "bad"\n[schedule]\nstart = "2021-11-28T20:00:00+06:00"\n'
+         'end = "2021-11-29T20:00:00+06:00"\nmode = "push"\n', "schedule.mode 'push'"),
+        ('election_id = "bad"\n[schedule]\nstart = "2021-11-28T20:00:00+06:00"\n'
+         'end = "2021-11-29T20:00:00+06:00"\nmode = "cron"\n', "schedule.cron must be"),
+        ('election_id = "bad"\n[schedule]\nstart = "2021-11-28T20:00:00+06:00"\n'
+         'end = "2021-11-29T20:00:00+06:00"\nmode = "watch"\npoll_seconds = 0.1\n',
+         "poll_seconds must be"),
         ('election_id = "other"\n', "file name says 'bad'"),
         ("election_id = ", "not valid TOML"),
     ],
@@ -62,6 +69,33 @@ def test_bad_rule_files_are_refused_with_the_file_and_key(tmp_path, text, messag
     with pytest.raises(ElectionRulesError, match=message) as caught:
         load_election("bad", tmp_path)
     assert str(tmp_path / "bad.toml") in str(caught.value)
+
+
+SCHEDULE_WINDOW = 'start = "2021-11-28T20:00:00+06:00"\nend = "2021-11-29T20:00:00+06:00"\n'
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        # A file from before event-driven scheduling keeps its cron.
+        ('cron = "*/5 * * * *"\n', ("cron", "*/5 * * * *", 5.0)),
+        ('mode = "cron"\ncron = "* * * * *"\n', ("cron", "* * * * *", 5.0)),
+        ('mode = "watch"\n', ("watch", None, 5.0)),
+        ('mode = "watch"\npoll_seconds = 3\ncron = "*/5 * * * *"\n', ("watch", "*/5 * * * *", 3.0)),
+    ],
+)
+def test_schedule_mode_watch_or_cron(tmp_path, schedule, expected):
+    (tmp_path / "x2030.toml").write_text(
+        f'election_id = "x2030"\n[schedule]\n{SCHEDULE_WINDOW}{schedule}', encoding="utf-8")
+    rules = load_election("x2030", tmp_path)
+    assert rules.schedule is not None
+    assert (rules.schedule.mode, rules.schedule.cron, rules.schedule.poll_seconds) == expected
+
+
+def test_jk2021_is_watched_with_a_cron_fallback():
+    schedule = load_election("jk2021").schedule
+    assert schedule is not None
+    assert (schedule.mode, schedule.poll_seconds, schedule.cron) == ("watch", 3.0, "*/5 * * * *")
 
 
 def test_missing_rule_file(tmp_path):
