@@ -108,6 +108,11 @@ class PortalRenderer:
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
+        # ballot lines' names, HTML-escaped once per contest rather than once per page
+        self._escaped = {
+            contest_id: tuple(escape(choice.name) for choice in contest.choices)
+            for contest_id, contest in scenario.contests.items()
+        }
 
     def render(self, index: int, path: str, query: str = "") -> Page | None:
         """The page at `path` (+ `query`) in snapshot `index`, or None if there is none."""
@@ -299,12 +304,23 @@ class PortalRenderer:
         ]
         if tally.precincts_counted:
             doubled = snapshot.doubled_positions if contest.contest_id == "list" else frozenset()
+            shown = list(tally.votes)
+            misprint = snapshot.misprint
+            if (
+                misprint is not None
+                and misprint.contest_id == contest.contest_id
+                and misprint.division_id == division.division_id
+            ):
+                # a figure typed wrong; the portal computes the % from what was typed
+                shown[misprint.position - 1] = misprint.votes_shown
             rows = [
-                f"    <tr><td>{choice.position}</td><td>{escape(choice.name)}</td>"
+                f"    <tr><td>{choice.position}</td><td>{name}</td>"
                 f"<td>{_number(votes, lang)}</td>"
                 f"<td>{_percent(_published_pct(tally, votes, choice.position in doubled))}</td>"
                 "</tr>\n"
-                for choice, votes in zip(contest.choices, tally.votes, strict=True)
+                for choice, name, votes in zip(
+                    contest.choices, self._escaped[contest.contest_id], shown, strict=True
+                )
             ]
             duplicate = snapshot.duplicate
             if (
