@@ -162,7 +162,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
 
     batch = cycle.crawl_batch(
         portal, args.election, detection.contests,
-        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.pickle",
+        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0",
         lang=args.lang, processes=args.processes, concurrency=args.concurrency,
         archive_root=args.raw_dir)
     snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
@@ -26,8 +25,14 @@ from etl.archive import RawArchive
 from etl.crawl import ContestCrawl, SourceSpec, contest_path, crawl_contests, election_path
 from etl.fetch import FetchedPage, FetchError, PortalClient, absolute_url, utc_now
 from etl.identifiers import InvalidIdentifierError, checked_id, checked_ids
-from etl.normalise import build_frames, read_snapshot_meta, write_snapshot
+from etl.normalise import (
+    assemble_staged_frames,
+    portal_time,
+    read_snapshot_meta,
+    stage_frames,
+)
 from etl.parse import PageParseError, parse_election
+from etl.records import FetchFailure, PageRef
 from etl.scrape import snapshot_meta
 
 log = logging.getLogger(__name__)
@@ -196,39 +201,84 @@ def run_dir(election_id: str, run_key: str) -> Path:
     return config.staging_dir() / election_id / "runs" / run_key
 
 
+# A staged crawl batch is a directory: its frames (Parquet, without the snapshot id that
+# depends on every batch) and `crawl.json` (pages, failures, counts, portal time).
+STAGED_CRAWL_FILE = "crawl.json"
+
+
 def crawl_batch(
     portal: str, election_id: str, contests: Sequence[str], out_path: Path, *,
     lang: str | None = None, processes: int | None = None, concurrency: int | None = None,
     archive_root: Path | None = None,
 ) -> Path:
-    """Crawl a batch of contests and stage the parsed pages (a pickle for the next task)."""
+    """Crawl a batch of contests and stage it for `assemble_snapshot` (a directory).
+
+    The parsed pages are normalised here, in batches, straight to Parquet: the next task
+    reads columns, not a pickle of every page (at 100,000 precincts that pickle took
+    longer to load than the crawl, and a gigabyte).
+    """
     spec = SourceSpec(portal, archive_root or config.raw_dir(),
                       pool_size=concurrency or config.concurrency())
     crawls = crawl_contests(spec, lang or config.portal_lang(), election_id, contests,
                             concurrency=concurrency or config.concurrency(),
                             processes=processes or config.crawl_processes())
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    # Pickle, not JSON: this file lives only between two tasks of the same code version.
-    with tmp.open("wb") as staged:
-        pickle.dump(crawls, staged, protocol=pickle.HIGHEST_PROTOCOL)
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex}")
+    rows = stage_frames(tmp, election_id, crawls)
+    updated = portal_time(crawls)
+    staged = {
+        "election_id": election_id,
+        "portal_updated_at": updated.isoformat() if updated else None,
+        "rows": rows,
+        "contests": [
+            {"contest_id": c.contest_id, "pages_fetched": c.pages_fetched,
+             "pages_not_modified": c.pages_not_modified,
+             "pages": [[p.url, p.sha256, p.status] for p in c.pages],
+             "failures": [[f.url, f.reason, f.status] for f in c.failures]}
+            for c in crawls
+        ],
+    }
+    (tmp / STAGED_CRAWL_FILE).write_text(json.dumps(staged, ensure_ascii=False), encoding="utf-8")
+    if out_path.exists():  # a retried task: the new crawl replaces the old one
+        shutil.rmtree(out_path)
     os.replace(tmp, out_path)
+    log.info("staged crawl batch %s: %d contests, rows %s", out_path, len(crawls), rows)
     return out_path
+
+
+def _read_staged(path: Path) -> tuple[list[ContestCrawl], datetime | None]:
+    """A staged batch's contests (pages and failures, no divisions) and its portal time."""
+    staged = json.loads((Path(path) / STAGED_CRAWL_FILE).read_text(encoding="utf-8"))
+    crawls = [
+        ContestCrawl(
+            staged["election_id"], c["contest_id"], (),
+            tuple(FetchFailure(url, reason, status) for url, reason, status in c["failures"]),
+            tuple(PageRef(url, sha256, status) for url, sha256, status in c["pages"]),
+            c["pages_fetched"], c["pages_not_modified"],
+        )
+        for c in staged["contests"]
+    ]
+    updated = staged["portal_updated_at"]
+    return crawls, datetime.fromisoformat(updated) if updated else None
 
 
 def assemble_snapshot(
     portal: str, election_id: str, batch_paths: Sequence[Path], fetched_at: str, *,
     lang: str | None = None, archive_root: Path | None = None,
 ) -> Path:
-    """Normalise staged batches into the snapshot directory `staging/<election>/<snapshot_id>`.
+    """Join staged batches into the snapshot directory `staging/<election>/<snapshot_id>`.
 
     The same portal state always lands in the same directory, so re-running adds nothing.
+    Frames are copied row group by row group (Arrow), never whole in memory.
     """
     lang = lang or config.portal_lang()
     crawls: list[ContestCrawl] = []
+    times: list[datetime] = []
     for path in batch_paths:
-        with Path(path).open("rb") as staged:
-            crawls.extend(pickle.load(staged))  # our own staging file, written by crawl_batch
+        batch_crawls, updated = _read_staged(Path(path))
+        crawls.extend(batch_crawls)
+        if updated is not None:
+            times.append(updated)
     # The election page was fetched (and archived) by detect_change: this stage reads the
     # archive only, so it can be re-run without the portal.
     archive = RawArchive(archive_root or config.raw_dir())
@@ -238,19 +288,21 @@ def assemble_snapshot(
         raise FileNotFoundError(f"{election_url} is not in the raw archive: run detect_change first")
     election_page = FetchedPage(election_url, 200, archive.read(latest.sha256), latest.sha256,
                                 not_modified=True)
-    meta = snapshot_meta(portal, lang, election_id, election_page, crawls, fetched_at)
+    meta = snapshot_meta(portal, lang, election_id, election_page, crawls, fetched_at,
+                         portal_updated_at=max(times) if times else None)
     target = config.staging_dir() / election_id / "snapshots" / meta["snapshot_id"]
     if (target / "snapshot.json").exists():
         log.info("snapshot %s already assembled at %s", meta["snapshot_id"], target)
         return target
     incoming = target.parent / f".incoming-{uuid.uuid4().hex}"
-    write_snapshot(incoming, build_frames(meta["snapshot_id"], election_id, crawls), meta)
+    rows = assemble_staged_frames(incoming, [Path(p) for p in batch_paths], meta)
     try:
         incoming.rename(target)
     except OSError:  # another run assembled the same state meanwhile
         shutil.rmtree(incoming, ignore_errors=True)
+    log.info("snapshot %s assembled from %d batches: rows %s", meta["snapshot_id"],
+             len(batch_paths), rows)
     return target
-
 
 
 def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:

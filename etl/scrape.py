@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,13 +127,18 @@ def _snapshot(
 
 def snapshot_meta(
     portal: str, lang: str, election_id: str, election_page: FetchedPage,
-    crawls: Sequence[ContestCrawl], fetched_at: str,
+    crawls: Sequence[ContestCrawl], fetched_at: str, *,
+    portal_updated_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The `snapshot.json` contents for a set of crawled contests."""
+    """The `snapshot.json` contents for a set of crawled contests.
+
+    `portal_updated_at`: the portal time when `crawls` carry no divisions (staged batches
+    keep only their pages; their divisions are already frames).
+    """
     pages = [PageRef(election_page.url, election_page.sha256, 200)]
     pages += [page for crawl in crawls for page in crawl.pages]
     failures = [f for crawl in crawls for f in crawl.failures]
-    updated = portal_time(crawls)
+    updated = portal_updated_at or portal_time(crawls)
     return {
         "snapshot_id": snapshot_id_for(election_id, updated, pages, failures),
         "election_id": election_id,
