@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from html import escape
 from urllib.parse import parse_qs
@@ -163,8 +163,8 @@ class PortalRenderer:
             f"<title>{escape(title)}</title></head>\n<body>\n",
         ]
 
-    def _updated(self, snapshot: Snapshot) -> str:
-        when = snapshot.portal_time
+    def _updated(self, snapshot: Snapshot, when: datetime | None = None) -> str:
+        when = when or snapshot.portal_time
         return (
             f'<time class="updated" datetime="{when.isoformat()}">'
             f"{when.strftime('%d.%m.%Y %H:%M:%S')}</time>\n"
@@ -247,7 +247,9 @@ class PortalRenderer:
             f'<h1 data-division-id="{division.division_id}" data-level="{division.level}">'
             f"{escape(name)}</h1>\n"
         )
-        out.append(self._updated(snapshot))
+        out.append(self._updated(
+            snapshot, sc.page_time(snapshot.index, contest.contest_id, division_id)
+        ))
         out.extend(self._protocol(tally, lang))
         out.extend(self._results(snapshot, contest, division, tally, lang))
         if division.children:

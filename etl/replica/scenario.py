@@ -173,6 +173,7 @@ class Scenario:
         recount_order: np.ndarray,
         contests: Mapping[str, Contest],
         snapshots: tuple[Snapshot, ...],
+        page_times_follow_changes: bool = False,
     ) -> None:
         self.scenario_id = scenario_id
         self.seed = seed
@@ -184,6 +185,11 @@ class Scenario:
         self.registered = registered
         self.contests = contests
         self.snapshots = snapshots
+        # False: every division page shows the snapshot's time (kg2021, as in 2021). True:
+        # a page shows the time its own figures last changed, so an update that touches 5%
+        # of the precincts leaves the other pages byte for byte unchanged (ETag, 304).
+        self.page_times_follow_changes = page_times_follow_changes
+        self._change_sums: dict[tuple[int, str], np.ndarray] = {}
         # rank of each precinct in the order protocols arrive / are recounted by hand
         self._count_rank = np.empty(len(precinct_ids), dtype=np.int64)
         self._count_rank[counting_order] = np.arange(len(precinct_ids))
@@ -253,6 +259,40 @@ class Scenario:
         ):
             self._sums_cache.popitem(last=False)
         return cumulative
+
+    def page_time(self, index: int, contest_id: str, division_id: str) -> datetime:
+        """The `updated` time a division page shows in snapshot `index`.
+
+        With `page_times_follow_changes`, the time of the last snapshot (up to `index`) in
+        which one of the division's precincts changed state (counted, recounted, annulled)
+        or the page showed or stopped showing a misprint; otherwise the snapshot's time.
+        """
+        if not self.page_times_follow_changes:
+            return self.snapshots[index].portal_time
+        division = self.contests[contest_id].divisions[division_id]
+        j = index
+        while j > 0:
+            sums = self._changes(j, contest_id)
+            if sums[division.stop] - sums[division.start] > 0:
+                break
+            if any(
+                m is not None and m.contest_id == contest_id and m.division_id == division_id
+                for m in (self.snapshots[j].misprint, self.snapshots[j - 1].misprint)
+            ):
+                break
+            j -= 1
+        return self.snapshots[j].portal_time
+
+    def _changes(self, index: int, contest_id: str) -> np.ndarray:
+        """Cumulative count over the contest's rows of precincts changed since `index - 1`."""
+        key = (index, contest_id)
+        sums = self._change_sums.get(key)
+        if sums is None:
+            rows = self.contests[contest_id].precinct_rows
+            changed = self.precinct_states(index)[rows] != self.precinct_states(index - 1)[rows]
+            sums = np.concatenate(([0], np.cumsum(changed, dtype=np.int32)))
+            self._change_sums[key] = sums
+        return sums
 
     def tally(self, index: int, contest_id: str = "list", division_id: str | None = None) -> Tally:
         """Figures of one division (default: the contest's root) in snapshot `index`."""

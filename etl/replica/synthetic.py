@@ -84,8 +84,10 @@ TIMELINE: tuple[tuple[str, float, str], ...] = (
     ("counting-7", 0.90, "The misprint is corrected; late counts arrive."),
     ("counting-8", 0.97, "Late counts from remote precincts."),
     ("counting-complete", 1.0, "Every protocol is in."),
-    ("final", 1.0, "Final results (same figures, published as final)."),
+    ("final", 1.0, "Final: 5% of the precincts (whole district commissions) recounted by "
+                   "hand; only their pages and their parents' change."),
 )
+RECOUNT_SHARE = 0.05
 MISPRINT_LABEL = "misprint"
 POLLS_CLOSE = datetime(2030, 3, 3, 20, 0, tzinfo=PORTAL_TZ)
 
@@ -106,7 +108,17 @@ def build_synthetic(seed: int, precincts: int = DEFAULT_PRECINCTS) -> Scenario:
     issued = cast + rng.binomial(registered - cast, 0.002)
 
     list_counts = _party_list_counts(rng, geo, cast)
-    contests: dict[str, Contest] = {"list": _list_contest(geo, issued, cast, list_counts)}
+    recount_order = _recount_order(rng, geo)
+    # The hand count accepts about a third of the ballots the machines rejected, for the
+    # precinct's leading party: protocols still add up, figures change.
+    manual_counts = list_counts.copy()
+    accepted = rng.binomial(list_counts[:, -1], 0.3)
+    leader = np.argmax(list_counts[:, :-2], axis=1)
+    manual_counts[np.arange(n), leader] += accepted
+    manual_counts[:, -1] -= accepted
+    contests: dict[str, Contest] = {
+        "list": _list_contest(geo, issued, cast, list_counts, manual_counts)
+    }
     for number, district in enumerate(_single_member_districts(rng, geo), start=1):
         contest = _single_member_contest(rng, geo, number, district, issued, cast)
         contests[contest.contest_id] = contest
@@ -114,7 +126,7 @@ def build_synthetic(seed: int, precincts: int = DEFAULT_PRECINCTS) -> Scenario:
     # Protocols arrive in a random order, the regions' capitals a little earlier on average.
     keys = rng.random(n) - 0.2 * (geo.district_rank == 0)
     counting_order = np.argsort(keys, kind="stable")
-    snapshots = _snapshots(rng, geo, contests["list"], counting_order)
+    snapshots = _snapshots(rng, geo, contests["list"], counting_order, recount_order)
     return Scenario(
         scenario_id="synthetic",
         seed=seed,
@@ -125,10 +137,25 @@ def build_synthetic(seed: int, precincts: int = DEFAULT_PRECINCTS) -> Scenario:
         precinct_ids=geo.precinct_ids,
         registered=registered,
         counting_order=counting_order,
-        recount_order=np.zeros(0, dtype=np.int64),
+        recount_order=recount_order,
         contests=contests,
         snapshots=snapshots,
+        page_times_follow_changes=True,
     )
+
+
+def _recount_order(rng: np.random.Generator, geo: _Geography) -> np.ndarray:
+    """Precinct rows recounted by hand at `final`: whole districts, about 5% of precincts."""
+    target = max(1, round(geo.n * RECOUNT_SHARE))
+    rows: list[np.ndarray] = []
+    total = 0
+    for d in rng.permutation(len(geo.district_region)):
+        if total >= target:
+            break
+        district_rows = np.arange(geo.district_starts[d], geo.district_starts[d + 1])
+        rows.append(district_rows)
+        total += len(district_rows)
+    return np.concatenate(rows)
 
 
 class _Geography:
@@ -206,7 +233,8 @@ def _matrix(issued: np.ndarray, cast: np.ndarray, counts: np.ndarray) -> np.ndar
 
 
 def _list_contest(
-    geo: _Geography, issued: np.ndarray, cast: np.ndarray, counts: np.ndarray
+    geo: _Geography, issued: np.ndarray, cast: np.ndarray, counts: np.ndarray,
+    manual_counts: np.ndarray,
 ) -> Contest:
     matrix = _matrix(issued, cast, counts)
     return Contest(
@@ -219,7 +247,7 @@ def _list_contest(
         divisions=_ListDivisions(geo),
         precinct_rows=np.arange(geo.n),
         automatic=matrix,
-        manual=matrix,  # no recount in this scenario: one protocol per precinct
+        manual=_matrix(issued, cast, manual_counts),
     )
 
 
@@ -352,12 +380,14 @@ def _single_member_contest(
 
 
 def _snapshots(
-    rng: np.random.Generator, geo: _Geography, list_contest: Contest, counting_order: np.ndarray
+    rng: np.random.Generator, geo: _Geography, list_contest: Contest, counting_order: np.ndarray,
+    recount_order: np.ndarray,
 ) -> tuple[Snapshot, ...]:
     snapshots = []
     when = POLLS_CLOSE
     for index, (label, share, description) in enumerate(TIMELINE):
         counted = geo.n if share >= 1.0 else round(geo.n * share)
+        recounted = len(recount_order) if label == "final" else 0
         misprint = None
         if label == MISPRINT_LABEL:
             misprint = _misprint(rng, geo, list_contest, counting_order[:counted])
@@ -369,7 +399,7 @@ def _snapshots(
                 description=description,
                 mode=MODE_RESULTS,
                 precincts_counted=counted,
-                precincts_recounted=0,
+                precincts_recounted=recounted,
                 annulled=frozenset(),
                 doubled_positions=frozenset(),
                 duplicate=None,
