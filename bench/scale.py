@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,9 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
     log_path = LOG_DIR / f"etl-run-{time.time_ns()}.log"  # kept after the run, for a look
     replica = psutil.Process(replica_pid)
     replica_cpu = sum(replica.cpu_times()[:2])
+    # CPU of `etl run` and every worker it reaped (they are all reaped when it exits):
+    # unlike wall time, it hardly depends on what else the machine is doing.
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()
     started = time.time()
     with log_path.open("w", encoding="utf-8") as log_file:
@@ -146,6 +150,9 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
             if process.poll() is None:
                 process.kill()
     ended = time.time()
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (children_after.ru_utime - children_before.ru_utime
+                   + children_after.ru_stime - children_before.ru_stime)
     log_text = log_path.read_text(encoding="utf-8")
     if code != 0:
         print(log_text[-4000:], file=sys.stderr)
@@ -157,6 +164,7 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
     crawl = stages.get("crawl")
     return {
         "seconds": seconds,
+        "cpu_seconds": round(cpu_seconds, 1),
         "stages": stages,
         **figures,
         "pages": pages,
