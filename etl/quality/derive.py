@@ -72,6 +72,9 @@ def with_line_keys(results: pd.DataFrame) -> pd.DataFrame:
         .mask(keyed["is_against_all"].fillna(False), AGAINST_ALL_KEY)
         .fillna("name:" + keyed["name_key"].fillna(""))
     )
+    # One pass over the keys; every "first row of each line" below reuses it (each
+    # drop_duplicates on these string keys took seconds at 2,000,000 rows).
+    keyed["first_of_line"] = ~keyed.duplicated(LINE_KEY)
     return keyed
 
 
@@ -134,7 +137,7 @@ def line_coverage(
     ].drop_duplicates(DIVISION_KEY)
     expected = counted.merge(lines, on="contest_id")
 
-    listed = keyed.drop_duplicates(LINE_KEY)
+    listed = keyed[keyed["first_of_line"]]
     on_root = listed.set_index(["contest_id", "line_key"]).index.isin(
         lines.set_index(["contest_id", "line_key"]).index
     )
@@ -155,7 +158,7 @@ def line_coverage(
             [expected, counted.merge(roots, on=DIVISION_KEY).merge(elsewhere, on="contest_id")],
             ignore_index=True,
         )
-    found = keyed[[*LINE_KEY, "votes", "pct_published"]].drop_duplicates(LINE_KEY)
+    found = keyed.loc[keyed["first_of_line"], [*LINE_KEY, "votes", "pct_published"]]
     frame = expected.merge(found, on=LINE_KEY, how="left", indicator="found")
     frame["row_present"] = (frame.pop("found") == "both").astype("boolean")
     if "listed_by" not in frame.columns:
@@ -270,8 +273,10 @@ def reconciliation(
     vote_sums = vote_sums[vote_sums["n_votes"] == vote_sums["n_children"]].rename(
         columns={"parent_id": "division_id"}
     )
-    parent_votes = keyed[[*LINE_KEY, "choice_position", "choice_name", "is_against_all", "votes"]]
-    parent_votes = parent_votes.drop_duplicates(LINE_KEY).rename(columns={"votes": "parent_value"})
+    parent_votes = keyed.loc[
+        keyed["first_of_line"],
+        [*LINE_KEY, "choice_position", "choice_name", "is_against_all", "votes"],
+    ].rename(columns={"votes": "parent_value"})
     votes = vote_sums.merge(parent_votes, on=LINE_KEY)
     votes["figure"] = "votes"
 
@@ -307,12 +312,13 @@ def revisions(
         on=[*DIVISION_KEY, "figure"],
     )
 
-    before_votes = previous_keyed[
-        [*LINE_KEY, "snapshot_id", "choice_position", "choice_name", "is_against_all", "votes"]
-    ].drop_duplicates(LINE_KEY).rename(
+    before_votes = previous_keyed.loc[
+        previous_keyed["first_of_line"],
+        [*LINE_KEY, "snapshot_id", "choice_position", "choice_name", "is_against_all", "votes"],
+    ].rename(
         columns={"votes": "previous", "snapshot_id": "previous_snapshot_id"}
     )
-    now_votes = keyed[[*LINE_KEY, "votes"]].drop_duplicates(LINE_KEY)
+    now_votes = keyed.loc[keyed["first_of_line"], [*LINE_KEY, "votes"]]
     votes = before_votes.merge(now_votes, on=LINE_KEY, how="left").rename(
         columns={"votes": "current"}
     )
@@ -341,10 +347,17 @@ def _figures_and_line_votes(
     A row is kept only when both `compared` values are known: a comparison with a missing
     side is not made.
     """
-    frame = pd.concat(
-        [figures.assign(choice_position=pd.NA, choice_name=pd.NA, is_against_all=pd.NA), votes],
-        ignore_index=True,
+    # Typed empty line columns (and a typed figure name), so the concatenation keeps
+    # nullable dtypes instead of object columns re-parsed value by value afterwards.
+    empty = pd.Series(pd.NA, index=figures.index)
+    figures = figures.assign(
+        figure=figures["figure"].astype("string"),
+        choice_position=empty.astype("Int64"),
+        choice_name=empty.astype("string"),
+        is_against_all=empty.astype("boolean"),
     )
+    votes = votes.assign(figure=pd.Series("votes", index=votes.index, dtype="string"))
+    frame = pd.concat([figures, votes], ignore_index=True)
     first, second = compared
     frame = frame[frame[first].notna() & frame[second].notna()]
     return _typed_long(
@@ -484,7 +497,7 @@ def coverage(
                     "contest_id": orphans["contest_id"],
                     "division_id": orphans["parent_id"],
                     "coverage_state": "parent_missing",
-                    "detail": "linked by nothing parsed; child " + orphans["division_id"],
+                    "detail": "linked by nothing parsed; child " + orphans["division_id"].astype("string"),
                     "status": pd.NA,
                 }
             ).drop_duplicates(DIVISION_KEY)

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--seed", type=int, default=None, help="default: the scenario's own")
     parser.add_argument(
+        "--precincts", type=int, default=None,
+        help="size of a sized scenario (synthetic: default 100000)",
+    )
+    parser.add_argument(
         "--at",
         default=None,
         help="snapshot index (negative from the end) or label; default: last (first if --live)",
@@ -67,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     started = time.perf_counter()
-    scenario = load_scenario(args.scenario, args.seed)
+    try:
+        scenario = load_scenario(args.scenario, args.seed, args.precincts)
+    except ValueError as exc:
+        parser.error(str(exc))
     logger.info(
         "scenario %s (seed %d) built in %.2fs: %d snapshots",
         scenario.scenario_id,

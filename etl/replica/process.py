@@ -33,17 +33,22 @@ def control(method: str, url: str) -> Any:
 
 @contextlib.contextmanager
 def replica_process(*, at: str = "final", port: int = 0, live: bool = False,
-                    speed: float = 1.0) -> Iterator[str]:
+                    speed: float = 1.0, scenario: str = "kg2021", precincts: int | None = None,
+                    seed: int | None = None, start_timeout: float = 15.0) -> Iterator[str]:
     """Run `python -m etl.replica` in a child process; yield its base URL."""
     port = port or free_port()
-    command = [sys.executable, "-m", "etl.replica", "--scenario", "kg2021", "--port", str(port),
+    command = [sys.executable, "-m", "etl.replica", "--scenario", scenario, "--port", str(port),
                "--at", at]
+    if precincts is not None:
+        command += ["--precincts", str(precincts)]
+    if seed is not None:
+        command += ["--seed", str(seed)]
     if live:
         command += ["--live", "--speed", str(speed)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
+        for _ in range(int(start_timeout / 0.1)):
             try:
                 control("GET", f"{base_url}/_replica/state")
                 break

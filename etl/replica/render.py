@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from html import escape
 from urllib.parse import parse_qs
@@ -109,6 +109,11 @@ class PortalRenderer:
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
+        # ballot lines' names, HTML-escaped once per contest rather than once per page
+        self._escaped = {
+            contest_id: tuple(escape(choice.name) for choice in contest.choices)
+            for contest_id, contest in scenario.contests.items()
+        }
 
     def render(self, index: int, path: str, query: str = "", *,
                restamp: timedelta = timedelta(0)) -> Page | None:
@@ -166,8 +171,8 @@ class PortalRenderer:
             f"<title>{escape(title)}</title></head>\n<body>\n",
         ]
 
-    def _updated(self, snapshot: Snapshot) -> str:
-        when = snapshot.portal_time
+    def _updated(self, snapshot: Snapshot, when: datetime | None = None) -> str:
+        when = when or snapshot.portal_time
         return (
             f'<time class="updated" datetime="{when.isoformat()}">'
             f"{when.strftime('%d.%m.%Y %H:%M:%S')}</time>\n"
@@ -250,7 +255,9 @@ class PortalRenderer:
             f'<h1 data-division-id="{division.division_id}" data-level="{division.level}">'
             f"{escape(name)}</h1>\n"
         )
-        out.append(self._updated(snapshot))
+        out.append(self._updated(
+            snapshot, sc.page_time(snapshot.index, contest.contest_id, division_id)
+        ))
         out.extend(self._protocol(tally, lang))
         out.extend(self._results(snapshot, contest, division, tally, lang))
         if division.children:
@@ -307,12 +314,23 @@ class PortalRenderer:
         ]
         if tally.precincts_counted:
             doubled = snapshot.doubled_positions if contest.contest_id == "list" else frozenset()
+            shown = list(tally.votes)
+            misprint = snapshot.misprint
+            if (
+                misprint is not None
+                and misprint.contest_id == contest.contest_id
+                and misprint.division_id == division.division_id
+            ):
+                # a figure typed wrong; the portal computes the % from what was typed
+                shown[misprint.position - 1] = misprint.votes_shown
             rows = [
-                f"    <tr><td>{choice.position}</td><td>{escape(choice.name)}</td>"
+                f"    <tr><td>{choice.position}</td><td>{name}</td>"
                 f"<td>{_number(votes, lang)}</td>"
                 f"<td>{_percent(_published_pct(tally, votes, choice.position in doubled))}</td>"
                 "</tr>\n"
-                for choice, votes in zip(contest.choices, tally.votes, strict=True)
+                for choice, name, votes in zip(
+                    contest.choices, self._escaped[contest.contest_id], shown, strict=True
+                )
             ]
             duplicate = snapshot.duplicate
             if (

@@ -10,6 +10,7 @@ are flags on the snapshot that the renderer applies, not changes to the counts.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,7 @@ FIRST_CHOICE_COL = 3
 MODE_RESULTS = "results"
 MODE_MAINTENANCE = "maintenance"
 MODE_UNAVAILABLE = "unavailable"
+SUMS_CACHE_BYTES = 96 * 2**20  # cumulative tables kept per scenario (always at least one)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,20 @@ class DuplicateRow:
 
 
 @dataclass(frozen=True)
+class Misprint:
+    """One figure typed wrong into one page's results table (`synthetic` scenario's incident).
+
+    The page shows `votes_shown` for ballot line `position` and the percentage computed from
+    it, so the line's percentage looks right but the protocol no longer adds up.
+    """
+
+    contest_id: str
+    division_id: str
+    position: int
+    votes_shown: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One state of the portal at a portal time, with the incident flags the pages show."""
 
@@ -108,6 +124,7 @@ class Snapshot:
     doubled_positions: frozenset[int]  # list positions whose published % is doubled
     duplicate: DuplicateRow | None
     retry_after: int | None = None  # for mode "unavailable"
+    misprint: Misprint | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ class Scenario:
         recount_order: np.ndarray,
         contests: Mapping[str, Contest],
         snapshots: tuple[Snapshot, ...],
+        page_times_follow_changes: bool = False,
     ) -> None:
         self.scenario_id = scenario_id
         self.seed = seed
@@ -167,6 +185,11 @@ class Scenario:
         self.registered = registered
         self.contests = contests
         self.snapshots = snapshots
+        # False: every division page shows the snapshot's time (kg2021, as in 2021). True:
+        # a page shows the time its own figures last changed, so an update that touches 5%
+        # of the precincts leaves the other pages byte for byte unchanged (ETag, 304).
+        self.page_times_follow_changes = page_times_follow_changes
+        self._change_sums: dict[tuple[int, str], np.ndarray] = {}
         # rank of each precinct in the order protocols arrive / are recounted by hand
         self._count_rank = np.empty(len(precinct_ids), dtype=np.int64)
         self._count_rank[counting_order] = np.arange(len(precinct_ids))
@@ -174,7 +197,11 @@ class Scenario:
         self._recount_rank[recount_order] = np.arange(len(recount_order))
         self._precinct_index = {pid: i for i, pid in enumerate(precinct_ids)}
         self._labels = {s.label: s.index for s in snapshots}
-        self._sums_cache: dict[tuple[int, int, frozenset[str], str], np.ndarray] = {}
+        # Cumulative sums per (counting state, contest), least recently used first; bounded
+        # in bytes, because at 100,000 precincts one contest's table is ~20 MB.
+        self._sums_cache: OrderedDict[tuple[int, int, frozenset[str], str], np.ndarray] = (
+            OrderedDict()
+        )
 
     def index_of(self, label: str) -> int:
         """The index of the snapshot with this label (KeyError if there is none)."""
@@ -214,6 +241,7 @@ class Scenario:
         key = (snap.precincts_counted, snap.precincts_recounted, snap.annulled, contest_id)
         cached = self._sums_cache.get(key)
         if cached is not None:
+            self._sums_cache.move_to_end(key)
             return cached
         contest = self.contests[contest_id]
         states = self.precinct_states(index)[contest.precinct_rows][:, None]
@@ -225,23 +253,62 @@ class Scenario:
         ).astype(np.int64)
         cumulative = np.vstack((np.zeros((1, table.shape[1]), np.int64), table.cumsum(axis=0)))
         self._sums_cache[key] = cumulative
+        while (
+            len(self._sums_cache) > 1
+            and sum(a.nbytes for a in self._sums_cache.values()) > SUMS_CACHE_BYTES
+        ):
+            self._sums_cache.popitem(last=False)
         return cumulative
+
+    def page_time(self, index: int, contest_id: str, division_id: str) -> datetime:
+        """The `updated` time a division page shows in snapshot `index`.
+
+        With `page_times_follow_changes`, the time of the last snapshot (up to `index`) in
+        which one of the division's precincts changed state (counted, recounted, annulled)
+        or the page showed or stopped showing a misprint; otherwise the snapshot's time.
+        """
+        if not self.page_times_follow_changes:
+            return self.snapshots[index].portal_time
+        division = self.contests[contest_id].divisions[division_id]
+        j = index
+        while j > 0:
+            sums = self._changes(j, contest_id)
+            if sums[division.stop] - sums[division.start] > 0:
+                break
+            if any(
+                m is not None and m.contest_id == contest_id and m.division_id == division_id
+                for m in (self.snapshots[j].misprint, self.snapshots[j - 1].misprint)
+            ):
+                break
+            j -= 1
+        return self.snapshots[j].portal_time
+
+    def _changes(self, index: int, contest_id: str) -> np.ndarray:
+        """Cumulative count over the contest's rows of precincts changed since `index - 1`."""
+        key = (index, contest_id)
+        sums = self._change_sums.get(key)
+        if sums is None:
+            rows = self.contests[contest_id].precinct_rows
+            changed = self.precinct_states(index)[rows] != self.precinct_states(index - 1)[rows]
+            sums = np.concatenate(([0], np.cumsum(changed, dtype=np.int32)))
+            self._change_sums[key] = sums
+        return sums
 
     def tally(self, index: int, contest_id: str = "list", division_id: str | None = None) -> Tally:
         """Figures of one division (default: the contest's root) in snapshot `index`."""
         contest = self.contests[contest_id]
         division = contest.divisions[division_id or contest.root_id]
         cumulative = self._cumulative(index, contest_id)
-        row = cumulative[division.stop] - cumulative[division.start]
+        row = (cumulative[division.stop] - cumulative[division.start]).tolist()
         offset = 2
         return Tally(
-            registered=int(row[0]),
-            ballots_issued=int(row[offset + COL_ISSUED]),
-            ballots_cast=int(row[offset + COL_CAST]),
-            invalid=int(row[offset + COL_INVALID]),
-            votes=tuple(int(v) for v in row[offset + FIRST_CHOICE_COL : -1]),
-            against_all=int(row[-1]),
-            precincts_counted=int(row[1]),
+            registered=row[0],
+            ballots_issued=row[offset + COL_ISSUED],
+            ballots_cast=row[offset + COL_CAST],
+            invalid=row[offset + COL_INVALID],
+            votes=tuple(row[offset + FIRST_CHOICE_COL : -1]),
+            against_all=row[-1],
+            precincts_counted=row[1],
             precincts_total=division.stop - division.start,
         )
 
@@ -252,15 +319,21 @@ class Scenario:
         return {c.position: tally.pct(v) for c, v in zip(choices, tally.votes, strict=True)}
 
 
-ScenarioBuilder = Callable[[int], Scenario]
-_BUILDERS: dict[str, tuple[ScenarioBuilder, int]] = {}
+# A builder takes the seed and, for scenarios whose size is a parameter, `precincts`.
+ScenarioBuilder = Callable[..., Scenario]
+_BUILDERS: dict[str, tuple[ScenarioBuilder, int, bool]] = {}
 
 
-def register(scenario_id: str, default_seed: int) -> Callable[[ScenarioBuilder], ScenarioBuilder]:
-    """Decorator registering a scenario builder under an id, with its default seed."""
+def register(
+    scenario_id: str, default_seed: int, *, sized: bool = False
+) -> Callable[[ScenarioBuilder], ScenarioBuilder]:
+    """Decorator registering a scenario builder under an id, with its default seed.
+
+    `sized`: the builder also takes `precincts=N` (the country's size is a parameter).
+    """
 
     def wrap(builder: ScenarioBuilder) -> ScenarioBuilder:
-        _BUILDERS[scenario_id] = (builder, default_seed)
+        _BUILDERS[scenario_id] = (builder, default_seed, sized)
         return builder
 
     return wrap
@@ -279,16 +352,28 @@ def default_seed(scenario_id: str) -> int:
 
 
 @lru_cache(maxsize=8)
-def load_scenario(scenario_id: str = "kg2021", seed: int | None = None) -> Scenario:
-    """Build (once per process and seed) the scenario `scenario_id`; same seed, same data."""
+def load_scenario(
+    scenario_id: str = "kg2021", seed: int | None = None, precincts: int | None = None
+) -> Scenario:
+    """Build (once per process, seed and size) the scenario `scenario_id`; same seed, same data.
+
+    `precincts` sets the size of scenarios built to a size (`synthetic`); the others have
+    their own fixed geography and refuse it.
+    """
     _import_builtin_scenarios()
     try:
-        builder, fallback_seed = _BUILDERS[scenario_id]
+        builder, fallback_seed, sized = _BUILDERS[scenario_id]
     except KeyError:
         raise KeyError(f"unknown scenario {scenario_id!r}; known: {sorted(_BUILDERS)}") from None
-    return builder(fallback_seed if seed is None else seed)
+    seed = fallback_seed if seed is None else seed
+    if precincts is None:
+        return builder(seed)
+    if not sized:
+        raise ValueError(f"scenario {scenario_id!r} has a fixed size: --precincts does not apply")
+    return builder(seed, precincts=precincts)
 
 
 def _import_builtin_scenarios() -> None:
-    # imported here, not at module top, because kg2021 imports this module's model
-    import etl.replica.kg2021  # noqa: F401
+    # imported here, not at module top, because the scenarios import this module's model
+    import etl.replica.kg2021
+    import etl.replica.synthetic  # noqa: F401

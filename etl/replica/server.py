@@ -43,6 +43,9 @@ REASONS = {
 }
 MAX_HEAD_BYTES = 65_536
 CACHED_SNAPSHOTS = 4  # pages of a snapshot are ~33 MB (ru + kg); keep a few
+# ... but no more than this many bytes of pages in all: a 100,000-precinct snapshot is
+# ~330 MB per language. Past it, pages of the current snapshot are rendered per request.
+CACHED_BYTES = 192 * 2**20
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class Replica:
         self._fault_regex = re.compile(self.faults.path_regex) if self.faults.path_regex else None
         self._hits: dict[str, int] = {}
         self._cache: OrderedDict[tuple[int, float], dict[str, _Cached]] = OrderedDict()
+        self._cached_bytes: dict[tuple[int, float], int] = {}
         self._restamp = 0.0  # seconds added to every page's updated time (see `restamp`)
         self._date = b""
         self._date_second = -1
@@ -271,8 +275,9 @@ class Replica:
         pages = self._cache.get((index, restamp))
         if pages is None:
             pages = self._cache[(index, restamp)] = {}
+            self._cached_bytes[(index, restamp)] = 0
             while len(self._cache) > CACHED_SNAPSHOTS:
-                self._cache.popitem(last=False)
+                self._cached_bytes.pop(self._cache.popitem(last=False)[0], None)
         else:
             self._cache.move_to_end((index, restamp))
         cached = pages.get(target)
@@ -283,7 +288,12 @@ class Replica:
         if page is None:
             return None
         cached = _prepare(page)
-        pages[target] = cached
+        size = len(cached.body) + len(cached.head)
+        while sum(self._cached_bytes.values()) + size > CACHED_BYTES and len(self._cache) > 1:
+            self._cached_bytes.pop(self._cache.popitem(last=False)[0], None)
+        if sum(self._cached_bytes.values()) + size <= CACHED_BYTES:
+            pages[target] = cached
+            self._cached_bytes[(index, restamp)] += size
         return cached
 
     def _http_date(self) -> bytes:

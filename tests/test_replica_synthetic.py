@@ -1,0 +1,137 @@
+"""The `synthetic` replica scenario: deterministic, SPEC-shaped, consistent, one incident.
+
+Small instances (a few hundred to 2,000 precincts) served over real HTTP, scraped by the
+pipeline's own crawler and parser, and checked by the real quality gate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etl.quality import validate_snapshot
+from etl.replica import ReplicaServer, load_scenario
+from etl.replica.synthetic import MISPRINT_LABEL, N_REGIONS, N_SINGLE_MEMBER, build_synthetic
+from etl.scrape import scrape
+
+ELECTION = "synth2030"
+
+
+def _scrape(tmp_path: Path, precincts: int, at: str, name: str) -> Path:
+    scenario = load_scenario("synthetic", precincts=precincts)
+    out = tmp_path / name
+    with ReplicaServer(scenario, at=at) as server:
+        scrape(server.base_url, ELECTION, out, archive_root=tmp_path / "raw", concurrency=4,
+               processes=1)
+    return out
+
+
+def test_same_seed_same_country_other_seed_other_country() -> None:
+    first, again, other = (build_synthetic(7, precincts=600), build_synthetic(7, precincts=600),
+                           build_synthetic(8, precincts=600))
+    for contest_id, contest in first.contests.items():
+        assert np.array_equal(contest.automatic, again.contests[contest_id].automatic)
+        assert list(contest.divisions) == list(again.contests[contest_id].divisions)
+    assert first.snapshots == again.snapshots
+    assert not np.array_equal(first.contests["list"].automatic, other.contests["list"].automatic)
+
+
+def test_four_levels_and_a_few_single_member_contests() -> None:
+    scenario = load_scenario("synthetic", precincts=2_000)
+    contest = scenario.contests["list"]
+    levels = pd.Series([contest.divisions[d].level for d in contest.divisions]).value_counts()
+    assert levels.to_dict() == {"precinct": 2_000, "district": 20, "region": N_REGIONS,
+                                "country": 1}
+    # every division's children lie under it, and the precincts of a region add up
+    root = contest.divisions["0"]
+    assert root.children == tuple(str(r) for r in range(1, N_REGIONS + 1))
+    assert sum(len(contest.divisions[d].children)
+               for r in root.children for d in contest.divisions[r].children) == 2_000
+    single = [c for c in scenario.contests if c != "list"]
+    assert len(single) == N_SINGLE_MEMBER
+    for contest_id in single:
+        okrug = scenario.contests[contest_id]
+        assert okrug.divisions["0"].level == "constituency"
+        assert {okrug.divisions[p].level for p in okrug.divisions["0"].children} == {"precinct"}
+    with pytest.raises(ValueError, match="fixed size"):
+        load_scenario("kg2021", precincts=2_000)
+
+
+def test_counting_progresses_and_every_protocol_adds_up() -> None:
+    scenario = load_scenario("synthetic", precincts=2_000)
+    assert len(scenario.snapshots) >= 10
+    previous = None
+    for snapshot in scenario.snapshots:
+        for contest_id in scenario.contests:
+            tally = scenario.tally(snapshot.index, contest_id)
+            if tally.precincts_counted:
+                assert sum(tally.votes) + tally.against_all + tally.invalid == tally.ballots_cast
+                assert tally.ballots_cast <= tally.ballots_issued <= tally.registered
+        national = scenario.tally(snapshot.index, "list")
+        if previous is not None:
+            assert national.precincts_counted >= previous.precincts_counted
+            assert national.ballots_cast >= previous.ballots_cast
+            assert all(now >= before for now, before in zip(national.votes, previous.votes,
+                                                            strict=True))
+        previous = national
+    assert scenario.tally(0, "list").precincts_counted == 0
+    assert scenario.tally(len(scenario.snapshots) - 1, "list").precincts_counted == 2_000
+    incidents = [s for s in scenario.snapshots if s.misprint is not None]
+    assert [s.label for s in incidents] == [MISPRINT_LABEL]
+
+
+def test_the_parser_reads_every_page_as_the_ground_truth(tmp_path: Path) -> None:
+    scenario = load_scenario("synthetic", precincts=2_000)
+    index = scenario.index_of("counting-4")  # 40% counted: counted and uncounted pages
+    snapshot_dir = _scrape(tmp_path, 2_000, "counting-4", "snap")
+    turnout = pd.read_parquet(snapshot_dir / "turnout.parquet")
+    results = pd.read_parquet(snapshot_dir / "results.parquet")
+    divisions = pd.read_parquet(snapshot_dir / "divisions.parquet")
+    expected_pages = sum(len(c.divisions) for c in scenario.contests.values())
+    assert len(turnout) == len(divisions) == expected_pages
+
+    votes = results.set_index(["contest_id", "division_id"])
+    for row in turnout.itertuples():
+        contest = scenario.contests[row.contest_id]
+        division = contest.divisions[row.division_id]
+        tally = scenario.tally(index, row.contest_id, row.division_id)
+        assert row.registered == tally.registered
+        assert row.precincts_counted == tally.precincts_counted
+        assert row.precincts_total == tally.precincts_total
+        parent = divisions.loc[(divisions["contest_id"] == row.contest_id)
+                               & (divisions["division_id"] == row.division_id), "parent_id"]
+        assert (parent.iloc[0] if pd.notna(parent.iloc[0]) else None) == division.parent_id
+        if not tally.precincts_counted:
+            assert pd.isna(row.ballots_cast)
+            continue
+        assert (row.ballots_cast, row.invalid) == (tally.ballots_cast, tally.invalid)
+        lines = votes.loc[(row.contest_id, row.division_id)]
+        assert lines["votes"].tolist() == [*tally.votes, tally.against_all]
+        assert lines["pct_published"].tolist() == [tally.pct(v)
+                                                   for v in (*tally.votes, tally.against_all)]
+
+
+def test_clean_snapshots_pass_the_gate_and_the_misprint_is_caught(tmp_path: Path) -> None:
+    scenario = load_scenario("synthetic", precincts=500)
+    before = _scrape(tmp_path, 500, "counting-6", "before")
+    clean = validate_snapshot(before, report_dir=tmp_path / "reports")
+    assert clean.critical_contests == frozenset()
+    assert not clean.dq_results["success"].isna().any()
+
+    misprinted = _scrape(tmp_path, 500, MISPRINT_LABEL, "misprint")
+    outcome = validate_snapshot(misprinted, previous_dir=before, report_dir=tmp_path / "reports")
+    assert outcome.critical_contests == {"list"}
+    misprint = scenario.snapshots[scenario.index_of(MISPRINT_LABEL)].misprint
+    assert misprint is not None
+    failed = outcome.dq_results[~outcome.dq_results["success"]
+                                & outcome.dq_results["division_id"].notna()]
+    c3 = failed[failed["check_id"] == "C3"]
+    assert c3["division_id"].tolist() == [misprint.division_id]
+    assert set(failed["contest_id"]) == {"list"}
+
+    after = _scrape(tmp_path, 500, "counting-7", "after")
+    assert validate_snapshot(after, previous_dir=before,
+                             report_dir=tmp_path / "reports").critical_contests == frozenset()
