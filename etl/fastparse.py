@@ -34,12 +34,12 @@ from etl.parse import (
     _contest_prefix,
     _norm,
     _path_segments,
-    _protocol_field,
     _resolve,
     parse_count,
     parse_counted_of_total,
     parse_division,
     parse_percent,
+    protocol_rows_from_cells,
 )
 from etl.records import BallotLine, DivisionPage, Link, ProtocolFigures
 
@@ -227,21 +227,7 @@ def _results(columns: dict[str, int], body: Sequence[etree._Element],
 
 
 def _protocol_rows(table: etree._Element) -> list[tuple[str, str, str]]:
-    found: list[tuple[str, str, str]] = []
-    for row in _rows(table):
-        cells = _cells(row)
-        if not cells:
-            continue
-        if len(cells) >= 2:
-            label, value = _text(cells[0]), _text(cells[-1])
-        else:
-            label, _, value = _text(cells[0]).rpartition(":")
-            if not label:
-                continue
-        name = _protocol_field(label)
-        if name is not None:
-            found.append((name, label.strip(), value))
-    return found
+    return protocol_rows_from_cells([_text(cell) for cell in _cells(row)] for row in _rows(table))
 
 
 def _protocol(rows: Sequence[tuple[str, str, str]]) -> ProtocolFigures:

@@ -549,16 +549,24 @@ def _take_results(
 
 def _protocol_rows(table: Tag) -> list[tuple[str, str, str]]:
     """(field, label, value) for every row of a table whose label is a protocol label."""
+    return protocol_rows_from_cells([_text(cell) for cell in _cells(row)] for row in _rows(table))
+
+
+def protocol_rows_from_cells(rows: Iterable[Sequence[str]]) -> list[tuple[str, str, str]]:
+    """(field, label, value) of the protocol rows among rows of cell texts.
+
+    Shared by both parsers (BeautifulSoup here, lxml in `etl.fastparse`); an unknown label
+    is a WARNING, since a renamed row would otherwise pass unnoticed.
+    """
     found: list[tuple[str, str, str]] = []
-    for row in _rows(table):
-        cells = _cells(row)
+    for cells in rows:
         if not cells:
             continue
         if len(cells) >= 2:
-            label, value = _text(cells[0]), _text(cells[-1])
+            label, value = cells[0], cells[-1]
         else:
             # "Иштелип чыккан протоколдор: 371 / 392" in a single cell.
-            label, _, value = _text(cells[0]).rpartition(":")
+            label, _, value = cells[0].rpartition(":")
             if not label:
                 continue
         name = _protocol_field(label)
