@@ -95,10 +95,11 @@ def national_figures(warehouse_url: str, snapshot_id: str) -> tuple[float | None
     with connect(warehouse_url) as db:
         rows = db.query(
             "SELECT t.precincts_counted, t.precincts_total, "
-            "  (SELECT sum(r.pct_published) FROM results r WHERE r.snapshot_id = t.snapshot_id"
+            "  (SELECT sum(r.pct_published) FROM results_by_snapshot r WHERE r.snapshot_id = t.snapshot_id"
             "     AND r.contest_id = t.contest_id AND r.division_id = t.division_id"
             "     AND NOT r.is_against_all) "
-            "FROM turnout t JOIN divisions d USING (snapshot_id, contest_id, division_id) "
+            "FROM turnout_by_snapshot t JOIN divisions_by_snapshot d "
+            "  USING (snapshot_id, contest_id, division_id) "
             "WHERE t.snapshot_id = ? AND t.contest_id = 'list' AND d.parent_id IS NULL",
             [snapshot_id])
     if not rows:

@@ -101,7 +101,7 @@ def test_the_140_percent_snapshot_is_quarantined_and_alerted_once_on_every_chann
     assert len([s for s in replay.mail_subjects if s.startswith("[CEC jk2021] QUARANTINED list")]) == 1
     # Kept for inspection, never published: absent from the history data teams read.
     snapshot = formula["snapshot_id"]
-    kept = query(replay, f"SELECT count(*) FROM results WHERE snapshot_id = '{snapshot}' "
+    kept = query(replay, f"SELECT count(*) FROM results_by_snapshot WHERE snapshot_id = '{snapshot}' "
                          "AND contest_id = 'list'")
     shown = query(replay, f"SELECT count(*) FROM results_history WHERE snapshot_id = '{snapshot}' "
                           "AND contest_id = 'list'")
@@ -126,7 +126,7 @@ def test_the_86_96_percent_snapshot_publishes_without_a_problem_alert(replay: Re
     # Only the notices that the earlier problems are over: no quarantine, no warning.
     assert {a["kind"] for a in preliminary["alerts"]} == {"resolved"}
     parties = query(replay, f"""
-        SELECT sum(r.pct_published) FROM results r JOIN divisions d
+        SELECT sum(r.pct_published) FROM results_by_snapshot r JOIN divisions_by_snapshot d
           USING (snapshot_id, contest_id, division_id)
         WHERE r.snapshot_id = '{preliminary["snapshot_id"]}' AND r.contest_id = 'list'
           AND d.parent_id IS NULL AND NOT r.is_against_all""")

@@ -305,3 +305,26 @@ def test_site_opens_from_disk_without_any_network(night: Night, browser: Any) ->
     assert all(count > 0 for count in chart_marks(opened.page).values())
     assert opened.console_errors == [] and opened.foreign_requests == []
     opened.page.close()
+
+
+def test_a_snapshot_no_longer_staged_is_read_back_from_the_warehouse(night: Night) -> None:
+    # The versioned tables keep a row under the snapshot that first showed it: the report
+    # must read "as of" a snapshot, or a later snapshot would lose its unchanged divisions.
+    import pandas as pd
+
+    from etl.report.night import _warehouse_snapshot
+
+    snapshot_id = snapshot_of(night, len(NIGHT) - 2)  # final: most rows unchanged since earlier
+    staged = night.data / "staging" / "jk2021" / "snapshots" / snapshot_id
+    from_warehouse = _warehouse_snapshot("jk2021", snapshot_id, night.warehouse)
+    for name, frame in (("divisions", from_warehouse.divisions), ("turnout", from_warehouse.turnout),
+                        ("results", from_warehouse.results)):
+        expected = pd.read_parquet(staged / f"{name}.parquet")
+        keys = [c for c in ("contest_id", "division_id", "choice_position", "choice_name")
+                if c in expected.columns]
+        got = frame[list(expected.columns)].sort_values(keys).reset_index(drop=True)
+        want = expected.sort_values(keys).reset_index(drop=True)
+        assert len(got) == len(want) > 0, name
+        assert got["division_id"].tolist() == want["division_id"].tolist(), name
+        if name == "results":
+            assert got["votes"].astype("Int64").tolist() == want["votes"].astype("Int64").tolist()

@@ -152,9 +152,14 @@ def _warehouse_snapshot(election_id: str, snapshot_id: str, warehouse_url: str) 
         head = db.query_frame("SELECT * FROM snapshots WHERE snapshot_id = ?", [snapshot_id])
         if head.empty:
             raise LookupError(f"snapshot {snapshot_id} is neither staged nor in {redact(warehouse_url)}")
-        frames = {table: db.query_frame(f"SELECT * FROM {table} WHERE snapshot_id = ?",
+        # The versioned tables hold a row once, under the snapshot that first showed it:
+        # "as of snapshot X" is the `*_by_snapshot` views (etl/warehouse/README.md).
+        frames = {table: db.query_frame(f"SELECT * FROM {source} WHERE snapshot_id = ?",
                                         [snapshot_id])
-                  for table in ("divisions", "turnout", "results", "dq_results")}
+                  for table, source in (("divisions", "divisions_by_snapshot"),
+                                        ("turnout", "turnout_by_snapshot"),
+                                        ("results", "results_by_snapshot"),
+                                        ("dq_results", "dq_results"))}
     meta = {key: (str(value) if value is not None else None)
             for key, value in head.iloc[0].to_dict().items()}
     if "line_no" in frames["results"].columns:
