@@ -255,8 +255,10 @@ class PortalRenderer:
             f'<h1 data-division-id="{division.division_id}" data-level="{division.level}">'
             f"{escape(name)}</h1>\n"
         )
+        # A re-stamped snapshot (see `render`) moves every page's own time by as much.
+        restamped_by = snapshot.portal_time - sc.snapshots[snapshot.index].portal_time
         out.append(self._updated(
-            snapshot, sc.page_time(snapshot.index, contest.contest_id, division_id)
+            snapshot, sc.page_time(snapshot.index, contest.contest_id, division_id) + restamped_by
         ))
         out.extend(self._protocol(tally, lang))
         out.extend(self._results(snapshot, contest, division, tally, lang))
