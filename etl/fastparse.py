@@ -33,13 +33,14 @@ from etl.parse import (
     _column_kind,
     _contest_prefix,
     _norm,
+    _parse_protocol,
     _path_segments,
     _resolve,
     parse_count,
-    parse_counted_of_total,
     parse_division,
     parse_percent,
     protocol_rows_from_cells,
+    unique_links,
 )
 from etl.records import BallotLine, DivisionPage, Link, ProtocolFigures
 
@@ -136,21 +137,15 @@ def _division(heading: etree._Element, time_tag: etree._Element,
             continue
         protocol_rows.extend(_protocol_rows(table))
 
-    seen: set[str] = set()
-    unique_children: list[Link] = []
-    for link in children:
-        if link.segment not in seen:
-            seen.add(link.segment)
-            unique_children.append(link)
     return DivisionPage(
         declared_id=heading.get("data-division-id"),
         level=heading.get("data-level"),
         name=" ".join(_text(heading).split()),
         portal_updated_at=updated,
-        protocol=_protocol(protocol_rows),
+        protocol=_protocol(protocol_rows, url),
         has_results_table=results_found,
         lines=lines,
-        children=tuple(unique_children),
+        children=unique_links(children),
     )
 
 
@@ -230,22 +225,13 @@ def _protocol_rows(table: etree._Element) -> list[tuple[str, str, str]]:
     return protocol_rows_from_cells([_text(cell) for cell in _cells(row)] for row in _rows(table))
 
 
-def _protocol(rows: Sequence[tuple[str, str, str]]) -> ProtocolFigures:
-    values: dict[str, int | float | None] = {}
-    for name, _label, value in rows:
-        parsed: dict[str, int | float | None]
-        if name == "precincts":
-            counted, total = parse_counted_of_total(value)
-            parsed = {"precincts_counted": counted, "precincts_total": total}
-        elif name == "turnout_pct_published":
-            parsed = {name: parse_percent(value)}
-        else:
-            parsed = {name: parse_count(value)}
-        for key, number in parsed.items():
-            if key in values and values[key] != number:
-                raise NotSpecShaped(f"two values for protocol figure {key}")
-            values[key] = number
-    return ProtocolFigures(**values)  # type: ignore[arg-type]
+def _protocol(rows: Sequence[tuple[str, str, str]], url: str) -> ProtocolFigures:
+    # The parser of record's reading; a fractional count is left to it (it records the cell).
+    fractional: list[tuple[str, str]] = []
+    protocol = _parse_protocol(rows, url, fractional)
+    if fractional:
+        raise NotSpecShaped("a fractional count in the protocol")
+    return protocol
 
 
 def _is_against_all_label(name: str) -> bool:

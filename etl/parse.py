@@ -552,6 +552,18 @@ def _protocol_rows(table: Tag) -> list[tuple[str, str, str]]:
     return protocol_rows_from_cells([_text(cell) for cell in _cells(row)] for row in _rows(table))
 
 
+def unique_links(children: Iterable[Link]) -> tuple[Link, ...]:
+    """Child links in order, each segment once: the same child linked twice in a row
+    (name and "details") is one child page."""
+    seen: set[str] = set()
+    unique: list[Link] = []
+    for link in children:
+        if link.segment not in seen:
+            seen.add(link.segment)
+            unique.append(link)
+    return tuple(unique)
+
+
 def protocol_rows_from_cells(rows: Iterable[Sequence[str]]) -> list[tuple[str, str, str]]:
     """(field, label, value) of the protocol rows among rows of cell texts.
 
@@ -729,14 +741,6 @@ def parse_division(html: bytes, url: str, encoding: str | None = None) -> Divisi
             continue
         protocol_rows.extend(_protocol_rows(table))
 
-    # The same child linked twice in a row (name and "details") is one child page.
-    seen: set[str] = set()
-    unique_children: list[Link] = []
-    for link in children:
-        if link.segment not in seen:
-            seen.add(link.segment)
-            unique_children.append(link)
-
     return DivisionPage(
         declared_id=_attr(heading, "data-division-id"),
         level=_attr(heading, "data-level"),
@@ -745,6 +749,6 @@ def parse_division(html: bytes, url: str, encoding: str | None = None) -> Divisi
         protocol=_parse_protocol(protocol_rows, url, fractional),
         has_results_table=results_table is not None,
         lines=lines,
-        children=tuple(unique_children),
+        children=unique_links(children),
         fractional_counts=tuple(fractional),
     )
