@@ -2,7 +2,9 @@
 
 `PortalClient.fetch(path)` returns the page's bytes, archived before anyone parses them.
 Retries are ours, not urllib3's, so that each one is logged with its reason and a
-`Retry-After` from the portal is honoured.
+`Retry-After` from the portal is honoured. urllib3 directly, not `requests`: a whole-portal
+crawl is ~5,000 requests, and requests' per-request layers (sessions, hooks, cookie jars,
+header merging) cost about as much CPU as the rest of fetching and archiving a page.
 
 Safety (issue 10): every fetch has a total deadline (a body trickling in byte by byte
 ends at the deadline, not never), a body larger than `CEC_MAX_PAGE_BYTES` is cut off
@@ -12,15 +14,19 @@ archived under the URL that answered, and absolute URLs to another host are refu
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
+from urllib3.exceptions import HTTPError as TransportError
+from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import TimeoutError as TransportTimeout
 
 from etl import config
 from etl.archive import RawArchive
@@ -102,6 +108,10 @@ class _DeadlineHit(Exception):
     pass
 
 
+class _RequestFailed(Exception):
+    """One attempt failed in transport (connection, timeout, a truncated body); retryable."""
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date)."""
     if not value:
@@ -117,7 +127,7 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class PortalClient:
-    """One pooled `requests.Session` per client; share a client between threads."""
+    """One pool of keep-alive connections to the portal; share a client between threads."""
 
     def __init__(
         self,
@@ -145,19 +155,14 @@ class PortalClient:
         self.max_bytes = config.max_page_bytes() if max_bytes is None else max_bytes
         self.backoff_s = backoff_s
         self.conditional = conditional
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = config.USER_AGENT
-        # Proxy settings are read from the environment once, not on every request
-        # (requests does that per call when trust_env is on: ~0.4 ms a page).
-        self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
-        self.session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.headers = {"User-Agent": config.USER_AGENT, "Accept-Encoding": "gzip, deflate",
+                        "Accept": "*/*"}
+        # Proxy settings are read from the environment once (http_proxy, no_proxy, …).
+        self.pool = _pool_for(self.base_url, pool_size, self.headers)
 
     def close(self) -> None:
         """Close pooled connections."""
-        self.session.close()
+        self.pool.clear()
 
     def fetch(self, path: str) -> FetchedPage:
         """Fetch a page, retrying 429/5xx/timeouts with backoff; archive every response.
@@ -196,14 +201,12 @@ class PortalClient:
                 continue
             except _BodyTooLarge as exc:
                 raise FetchError(url, f"{REFUSED}{exc}") from None
-            except requests.Timeout as exc:
-                last_reason, last_status = f"timeout after {self.timeout}s ({exc})", None
-                continue
-            except requests.RequestException as exc:
-                last_reason, last_status = f"{exc.__class__.__name__}: {exc}", None
+            except _RequestFailed as exc:
+                last_reason, last_status = str(exc), None
                 continue
             fetched_at = utc_now()
-            if response.status_code == 304:
+            status = response.status
+            if status == 304:
                 cached = self.archive.latest(answered)
                 if cached is not None:
                     return FetchedPage(answered, 200, self.archive.read(cached.sha256),
@@ -211,21 +214,21 @@ class PortalClient:
                 last_reason, last_status = "304 without an archived body", 304
                 continue
             encoding, source = page_encoding(response.headers.get("Content-Type"), body)
-            sha256 = self.archive.store(answered, response.status_code, dict(response.headers),
+            sha256 = self.archive.store(answered, status, dict(response.headers),
                                         body, fetched_at, encoding=encoding,
                                         encoding_source=source)
-            if response.status_code == 200:
+            if status == 200:
                 return FetchedPage(answered, 200, body, sha256, not_modified=False,
                                    encoding=encoding)
-            last_status = response.status_code
-            last_reason = f"HTTP {response.status_code}"
-            if response.status_code in REDIRECT_STATUS:
+            last_status = status
+            last_reason = f"HTTP {status}"
+            if status in REDIRECT_STATUS:
                 location = response.headers.get("Location", "")
                 raise FetchError(url, f"{REFUSED}a redirect to another host "
                                       f"({urljoin(answered, location)}); only the portal's own "
                                       f"host ({urlsplit(self.base_url).netloc}) is followed",
-                                 response.status_code)
-            if response.status_code not in RETRYABLE_STATUS:
+                                 status)
+            if status not in RETRYABLE_STATUS:
                 break
             retry_after = response.headers.get("Retry-After")
             asked = retry_after_seconds(retry_after)
@@ -237,50 +240,55 @@ class PortalClient:
             last_reason = f"{last_reason} after {attempts} attempt{'s' * (attempts != 1)}"
         raise FetchError(url, last_reason, last_status)
 
-    def _get(self, url: str, ends_at: float) -> tuple[str, requests.Response, bytes]:
+    def _get(self, url: str, ends_at: float) -> tuple[str, urllib3.BaseHTTPResponse, bytes]:
         """One GET, following redirects on the portal's host only; (URL that answered, response, body).
 
         A redirect to another host is returned as is (the caller refuses it). The body is
         read in chunks as they arrive, so the deadline and the size cap are checked while
-        it trickles in.
+        it trickles in. A transport failure is a `_RequestFailed` saying what happened.
         """
         for _ in range(MAX_REDIRECTS + 1):
             remaining = ends_at - time.time()
             if remaining <= 0:
                 raise _DeadlineHit("no time left")
             wait = min(self.timeout, remaining)
-            response = self.session.get(url, headers=self._conditional_headers(url),
-                                        timeout=(wait, wait), stream=True, allow_redirects=False)
             try:
-                if response.status_code in REDIRECT_STATUS and response.headers.get("Location"):
-                    target = urljoin(url, response.headers["Location"])
+                response = self.pool.urlopen(
+                    "GET", url, headers=self._request_headers(url),
+                    timeout=urllib3.Timeout(connect=wait, read=wait), preload_content=False,
+                    redirect=False, retries=False)
+            except (TransportError, OSError, http.client.HTTPException) as exc:
+                raise _transport_failure(exc, self.timeout) from None
+            try:
+                location = response.headers.get("Location")
+                if response.status in REDIRECT_STATUS and location:
+                    target = urljoin(url, location)
                     if same_host(self.base_url, target):
-                        log.info("redirect %d %s -> %s", response.status_code, url, target)
-                        response.close()
+                        log.info("redirect %d %s -> %s", response.status, url, target)
+                        _drop(response)
                         url = target
                         continue
                 body = self._read_body(response, ends_at)
             except BaseException:
-                response.close()  # a body not read to its end: drop the connection
+                _drop(response)  # a body not read to its end: drop the connection
                 raise
             # The whole body was read: the connection goes back to the pool (keep-alive).
-            response.raw.release_conn()
+            response.release_conn()
             return url, response, body
-        raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects from {url}")
+        raise _RequestFailed(f"TooManyRedirects: more than {MAX_REDIRECTS} redirects from {url}")
 
-    def _read_body(self, response: requests.Response, ends_at: float) -> bytes:
+    def _read_body(self, response: urllib3.BaseHTTPResponse, ends_at: float) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise _BodyTooLarge(f"a body of {int(declared)} bytes (Content-Length) is larger "
                                 f"than the {self.max_bytes}-byte cap")
-        raw = response.raw
         chunks: list[bytes] = []
         size = 0
         try:
             while True:
                 # read1 returns what has arrived (up to a chunk), so a trickling body is
                 # checked against the deadline after every few bytes, not after 64 KB.
-                chunk = raw.read1(READ_CHUNK, decode_content=True)
+                chunk = response.read1(READ_CHUNK, decode_content=True)
                 if not chunk:
                     break
                 size += len(chunk)
@@ -293,8 +301,13 @@ class PortalClient:
         except (_BodyTooLarge, _DeadlineHit):
             raise
         except Exception as exc:  # urllib3's read errors: a truncated or reset body
-            raise requests.ConnectionError(f"reading the body: {exc}") from exc
+            if isinstance(exc, TransportTimeout | TimeoutError):
+                raise _transport_failure(exc, self.timeout) from None
+            raise _RequestFailed(f"ConnectionError: reading the body: {exc}") from exc
         return b"".join(chunks)
+
+    def _request_headers(self, url: str) -> dict[str, str]:
+        return self.headers | self._conditional_headers(url)
 
     def _conditional_headers(self, url: str) -> dict[str, str]:
         if not self.conditional:
@@ -308,3 +321,30 @@ class PortalClient:
         if cached.last_modified:
             headers["If-Modified-Since"] = cached.last_modified
         return headers
+
+
+def _pool_for(base_url: str, pool_size: int, headers: dict[str, str]) -> urllib3.PoolManager:
+    """Keep-alive connections to the portal, through the environment's proxy if it names one."""
+    scheme, netloc = urlsplit(base_url)[:2]
+    proxy = urllib.request.getproxies().get(scheme)
+    if proxy and not urllib.request.proxy_bypass(netloc.rpartition(":")[0] or netloc):
+        return urllib3.ProxyManager(proxy, num_pools=4, maxsize=pool_size, headers=headers)
+    return urllib3.PoolManager(num_pools=4, maxsize=pool_size, headers=headers)
+
+
+def _transport_failure(exc: BaseException, timeout: float) -> _RequestFailed:
+    """The reason a person reads for a failed attempt (as `requests` named them before)."""
+    # NewConnectionError is a ConnectTimeoutError in urllib3's hierarchy: not a timeout.
+    if isinstance(exc, NewConnectionError):
+        return _RequestFailed(f"ConnectionError: {exc}")
+    if isinstance(exc, TransportTimeout | TimeoutError | ReadTimeoutError):
+        return _RequestFailed(f"timeout after {timeout}s ({exc})")
+    if isinstance(exc, ProtocolError | OSError | http.client.HTTPException):
+        return _RequestFailed(f"ConnectionError: {exc}")
+    return _RequestFailed(f"{exc.__class__.__name__}: {exc}")
+
+
+def _drop(response: urllib3.BaseHTTPResponse) -> None:
+    """Close a response whose body was not read to its end (its connection is not reused)."""
+    response.close()
+    response.release_conn()
