@@ -5,10 +5,11 @@ election page and a contest's root: contests come from the election page, divisi
 the links each page shows, at whatever depth.
 
 Work is spread over worker processes in small batches of pages: a worker fetches (and
-archives) each page of its batch with a few threads, parses it, and hands back the parsed
-page without its body; the links it shows become the next batches. The HTML parser, not
-the network, bounds a full scrape, so fetching and parsing both go where the cores are,
-and the coordinating process only keeps the books.
+archives) each page of its batch with a few threads, parses it (or reuses the records of
+a page that changed only its stamp), and hands back the page's records as plain values
+(`PageRecord`) without its body; the links it shows become the next batches. Fetching and
+parsing both go where the cores are; the coordinating process only keeps the books and,
+at the end, puts the records into columns (`etl.normalise.CrawlTable`).
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ from concurrent.futures import (
 )
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from etl import config
 from etl.archive import RawArchive
 from etl.fastparse import parse_division_page
 from etl.fetch import REFUSED, DeadlineExceeded, FetchedPage, FetchError, PortalClient, absolute_url
+from etl.normalise import CrawlTable, crawl_table
 from etl.pagecache import PageCache, cache_entry, page_key, reuse
 from etl.parse import PageParseError, parse_election
-from etl.records import CrawledDivision, DivisionPage, ElectionPage, FetchFailure, PageRef
+from etl.records import CrawledDivision, ElectionPage, FetchFailure, PageRecord, page_record
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +97,11 @@ class ArchiveSource:
 
 @dataclass(frozen=True)
 class ContestCrawl:
-    """Everything one contest's crawl produced: parsed divisions and what failed."""
+    """What one contest's crawl counted and what failed (its pages are rows of a `CrawlTable`)."""
 
     election_id: str
     contest_id: str
-    divisions: tuple[CrawledDivision, ...]
     failures: tuple[FetchFailure, ...]
-    pages: tuple[PageRef, ...]
     pages_fetched: int
     pages_not_modified: int
     # How the division pages were read: the lxml fast path, the parser of record after
@@ -149,7 +149,6 @@ class _ContestProgress:
     # so the snapshot lists divisions in the portal's own order, whatever order they arrived.
     divisions: list[tuple[tuple[int, ...], CrawledDivision]] = field(default_factory=list)
     failures: list[FetchFailure] = field(default_factory=list)
-    pages: list[PageRef] = field(default_factory=list)
     refused: list[FetchFailure] = field(default_factory=list)
     fetched: int = 0
     not_modified: int = 0
@@ -168,14 +167,14 @@ class _Visit:
     order: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    """What a worker made of one page: the parsed page, or why there is none."""
+class _Outcome(NamedTuple):
+    """What a worker made of one page: its records, or why there are none (a tuple: one
+    crosses the process pipe for every page)."""
 
     url: str
     sha256: str | None
     not_modified: bool
-    division: DivisionPage | None
+    record: PageRecord | None
     failure: FetchFailure | None
     read_as: str | None = None  # fast / fallback / reused
     page_key: str | None = None  # see etl.pagecache; None when the page is not reusable
@@ -223,7 +222,7 @@ def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
         return _Outcome(page.url, page.sha256, page.not_modified, None,
                         FetchFailure(exc.url, str(exc), 200))
     entry = cache_entry(keyed, division) if keyed is not None else None
-    return _Outcome(page.url, page.sha256, page.not_modified, division, None,
+    return _Outcome(page.url, page.sha256, page.not_modified, page_record(division), None,
                     _FALLBACK if fell_back else _FAST,
                     keyed.key if keyed is not None and entry else None, entry)
 
@@ -266,8 +265,8 @@ def crawl_contests(
     deadline: float | None = None,
     max_pages: int | None = None,
     max_query_variants: int | None = None,
-) -> list[ContestCrawl]:
-    """Crawl contests from their root pages down every link.
+) -> CrawlTable:
+    """Crawl contests from their root pages down every link; their pages in columns.
 
     About `concurrency` pages are fetched at a time, by `processes` worker processes (1 =
     threads of this process). A page that cannot be fetched or parsed is recorded as a
@@ -351,14 +350,14 @@ def crawl_contests(
                                       ) from None
             for visit, outcome in zip(pending.pop(future), future.result(), strict=True):
                 contest = progress[visit.contest_id]
-                if outcome.division is None:
+                if outcome.record is None:
                     assert outcome.failure is not None
                     contest.failures.append(outcome.failure)
                     continue
                 division_id = _record(contest, visit, outcome)
-                submit([_Visit(visit.contest_id, child.href, child.segment, division_id,
+                submit([_Visit(visit.contest_id, href, segment, division_id,
                                (*visit.order, position))
-                        for position, child in enumerate(outcome.division.children)])
+                        for position, (segment, _, href) in enumerate(outcome.record.children)])
     finally:
         # After a deadline, do not wait for a stuck worker: its fetch ends on its own.
         pool.shutdown(wait=time.time() < ends_at + DEADLINE_GRACE_S, cancel_futures=True)
@@ -374,18 +373,19 @@ def crawl_contests(
         log.info("crawled %s/%s: %d divisions, %d fetched, %d not modified, %d failed; "
                  "read %s", election_id, contest_id, len(contest.divisions), contest.fetched,
                  contest.not_modified, len(contest.failures), contest.read_as)
-        in_tree_order = tuple(division for _, division in sorted(contest.divisions,
-                                                                 key=lambda item: item[0]))
+        contest.divisions.sort(key=lambda item: item[0])
         crawls.append(ContestCrawl(
-            election_id, contest_id, in_tree_order, tuple(contest.failures),
-            tuple(contest.pages), contest.fetched, contest.not_modified,
+            election_id, contest_id, tuple(contest.failures),
+            contest.fetched, contest.not_modified,
             pages_parsed_fast=contest.read_as[_FAST],
             pages_parsed_fallback=contest.read_as[_FALLBACK],
             pages_reused=contest.read_as[_REUSED], parsed_pages=tuple(contest.parsed_pages),
             refused=tuple(contest.refused)))
+    crawled = crawl_table(crawls, (division for contest in progress.values()
+                                   for _, division in contest.divisions))
     log.info("crawled %d contests of %s in %.2fs", len(crawls), election_id,
              time.perf_counter() - started)
-    return crawls
+    return crawled
 
 
 def _run_logged(task: Callable[[], object]) -> None:
@@ -422,12 +422,11 @@ def _deadline_error(
 
 def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome) -> str:
     """Add a parsed page to its contest; return the division's id."""
-    assert outcome.division is not None and outcome.sha256 is not None
+    assert outcome.record is not None and outcome.sha256 is not None
     if outcome.not_modified:
         contest.not_modified += 1
     else:
         contest.fetched += 1
-    contest.pages.append(PageRef(outcome.url, outcome.sha256, 200))
     if outcome.read_as is not None:
         contest.read_as[outcome.read_as] += 1
     if outcome.page_key is not None:
@@ -437,8 +436,8 @@ def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome) -> str:
         if entry is not None:
             contest.parsed_pages.append((outcome.url, outcome.page_key, entry))
     # A contest's root declares its own id; every other division is its URL segment.
-    division_id = visit.division_id or outcome.division.declared_id or visit.contest_id
+    division_id = visit.division_id or outcome.record.declared_id or visit.contest_id
     contest.divisions.append((visit.order, CrawledDivision(
         visit.contest_id, division_id, visit.parent_id, outcome.url, outcome.sha256,
-        outcome.division)))
+        outcome.record)))
     return division_id

@@ -6,7 +6,6 @@ from its own task. Stages hand each other paths and small dicts, never frames.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -34,18 +33,15 @@ from etl.fetch import (
     utc_now,
 )
 from etl.identifiers import InvalidIdentifierError, checked_id, checked_ids
-from etl.normalise import read_snapshot_meta, write_snapshot
+from etl.normalise import (
+    PAGE_SCHEMA,
+    CrawlTable,
+    read_snapshot_meta,
+    write_snapshot,
+)
 from etl.pagecache import cache_path, read_pages, write_pages
 from etl.parse import PageParseError, parse_election
-from etl.records import (
-    BallotLine,
-    CrawledDivision,
-    DivisionPage,
-    FetchFailure,
-    Link,
-    PageRef,
-    ProtocolFigures,
-)
+from etl.records import FetchFailure
 from etl.scrape import assemble
 
 # The parsed pages of a snapshot, kept in its directory and, once its cycle completes,
@@ -247,32 +243,33 @@ def crawl_batch(
     portal: str, election_id: str, contests: Sequence[str], out_path: Path, *,
     lang: str | None = None, processes: int | None = None, concurrency: int | None = None,
     archive_root: Path | None = None, while_crawling: Callable[[], object] | None = None,
-    deadline: float | None = None,
+    deadline: float | None = None, batches: int | None = None,
 ) -> Path:
-    """Crawl a batch of contests and stage the parsed pages as JSON for the next task.
+    """Crawl a batch of contests and stage the parsed pages (Arrow IPC) for the next task.
 
-    JSON, not pickle: the parsed pages came from the portal, and unpickling a file runs
-    whatever it says. Pages that changed only their `updated` stamp since the last
-    completed cycle are not parsed again; the batch's parsed pages go beside it
-    (`_parsed_pages_path`) for the cache.
+    Arrow, not pickle: the parsed pages came from the portal, and unpickling a file runs
+    whatever it says; reading an Arrow file only reads columns. Pages that changed only
+    their `updated` stamp since the last completed cycle are not parsed again; the batch's
+    parsed pages go beside it (`_parsed_pages_path`) for the cache.
+
+    `batches` is how many crawl tasks of this run may run at once (default
+    `CEC_CRAWL_BATCHES`, the DAG's mapped crawl; `etl run` passes 1): the run's processes
+    and requests in flight are shared among them, so the machine's cores are not
+    oversubscribed (`etl.config.crawl_processes`).
     """
-    spec = SourceSpec(portal, archive_root or config.raw_dir(),
-                      pool_size=concurrency or config.concurrency())
+    shares = config.crawl_batches() if batches is None else batches
+    concurrency = concurrency or config.concurrency(shares)
+    spec = SourceSpec(portal, archive_root or config.raw_dir(), pool_size=concurrency)
     cache = read_pages(cache_path(_state_dir(), election_id), contests)
-    crawls = crawl_contests(spec, lang or config.portal_lang(), election_id, contests,
-                            concurrency=concurrency or config.concurrency(),
-                            processes=processes or config.crawl_processes(), cache=cache,
-                            while_crawling=while_crawling, deadline=deadline)
+    crawled = crawl_contests(spec, lang or config.portal_lang(), election_id, contests,
+                             concurrency=concurrency,
+                             processes=processes or config.crawl_processes(shares), cache=cache,
+                             while_crawling=while_crawling, deadline=deadline)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_pages(_parsed_pages_path(out_path),
-                ((crawl.contest_id, url, key, entry) for crawl in crawls
+                ((crawl.contest_id, url, key, entry) for crawl in crawled.contests
                  for url, key, entry in crawl.parsed_pages))
-    crawls = [dataclasses.replace(crawl, parsed_pages=()) for crawl in crawls]
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    document = {"format": STAGING_FORMAT, "crawls": [_crawl_to_json(c) for c in crawls]}
-    tmp.write_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")),
-                   encoding="utf-8")
-    os.replace(tmp, out_path)
+    write_crawl_table(out_path, crawled)
     return out_path
 
 
@@ -280,26 +277,49 @@ def _parsed_pages_path(batch_path: Path) -> Path:
     return batch_path.with_name(f"{batch_path.stem}.pages.parquet")
 
 
-STAGING_FORMAT = "cec-crawl-batch/1"
+STAGING_FORMAT = "cec-crawl-batch/2"
+_STAGING_KEY = b"cec.crawl_batch"
 
 
-def read_crawl_batch(path: Path) -> list[ContestCrawl]:
-    """The crawled contests a `crawl_batch` staged (JSON; never executes anything)."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+def write_crawl_table(path: Path, crawled: CrawlTable) -> Path:
+    """Stage crawled pages as one Arrow IPC file (written whole, then renamed)."""
+    import pyarrow as pa
+
+    document = {"format": STAGING_FORMAT,
+                "contests": [_contest_to_json(contest) for contest in crawled.contests]}
+    table = crawled.pages.replace_schema_metadata(
+        {_STAGING_KEY: json.dumps(document, ensure_ascii=False).encode()})
+    tmp = path.with_name(path.name + ".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(
+            sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+    return path
+
+
+def read_crawl_table(path: Path) -> CrawlTable:
+    """The crawled pages a `crawl_batch` staged (Arrow IPC; never executes anything)."""
+    import pyarrow as pa
+
+    try:
+        with pa.OSFile(str(path), "rb") as source:
+            table = pa.ipc.open_file(source).read_all()
+        document = json.loads((table.schema.metadata or {})[_STAGING_KEY])
+    except (pa.ArrowInvalid, KeyError, ValueError) as exc:
+        raise ValueError(f"{path} is not a staged crawl batch ({STAGING_FORMAT}): {exc}") from None
     if not isinstance(document, dict) or document.get("format") != STAGING_FORMAT:
         raise ValueError(f"{path} is not a staged crawl batch ({STAGING_FORMAT})")
-    return [_crawl_from_json(c) for c in document["crawls"]]
+    if not table.schema.equals(PAGE_SCHEMA):
+        raise ValueError(f"{path} has columns {table.schema.names}, not those of {STAGING_FORMAT}")
+    return CrawlTable(table.replace_schema_metadata(None),
+                      tuple(_contest_from_json(c) for c in document["contests"]))
 
 
-def _crawl_to_json(crawl: ContestCrawl) -> dict[str, Any]:
-    # Positional lists, not dicts per record: a snapshot has ~5,000 pages and ~100,000 lines.
+def _contest_to_json(crawl: ContestCrawl) -> dict[str, Any]:
     return {
         "election_id": crawl.election_id,
         "contest_id": crawl.contest_id,
-        "divisions": [[d.contest_id, d.division_id, d.parent_id, d.url, d.sha256,
-                       _page_to_json(d.page)] for d in crawl.divisions],
         "failures": [astuple(f) for f in crawl.failures],
-        "pages": [astuple(p) for p in crawl.pages],
         "pages_fetched": crawl.pages_fetched,
         "pages_not_modified": crawl.pages_not_modified,
         "pages_parsed_fast": crawl.pages_parsed_fast,
@@ -309,44 +329,17 @@ def _crawl_to_json(crawl: ContestCrawl) -> dict[str, Any]:
     }
 
 
-def _page_to_json(page: DivisionPage) -> list[Any]:
-    return [
-        page.declared_id, page.level, page.name,
-        page.portal_updated_at.isoformat() if page.portal_updated_at else None,
-        astuple(page.protocol), page.has_results_table,
-        [[ln.choice_position, ln.choice_name, ln.is_against_all, ln.votes, ln.pct_published]
-         for ln in page.lines],
-        [[ln.segment, ln.name, ln.href] for ln in page.children],
-        [list(cell) for cell in page.fractional_counts],
-    ]
-
-
-def _crawl_from_json(doc: dict[str, Any]) -> ContestCrawl:
+def _contest_from_json(doc: dict[str, Any]) -> ContestCrawl:
     return ContestCrawl(
         election_id=doc["election_id"],
         contest_id=doc["contest_id"],
-        divisions=tuple(CrawledDivision(c, d, parent, url, sha, _page_from_json(page))
-                        for c, d, parent, url, sha, page in doc["divisions"]),
         failures=tuple(FetchFailure(*f) for f in doc["failures"]),
-        pages=tuple(PageRef(*p) for p in doc["pages"]),
         pages_fetched=doc["pages_fetched"],
         pages_not_modified=doc["pages_not_modified"],
         pages_parsed_fast=doc["pages_parsed_fast"],
         pages_parsed_fallback=doc["pages_parsed_fallback"],
         pages_reused=doc["pages_reused"],
         refused=tuple(FetchFailure(*f) for f in doc["refused"]),
-    )
-
-
-def _page_from_json(doc: list[Any]) -> DivisionPage:
-    declared, level, name, updated, protocol, has_results, lines, children, fractional = doc
-    return DivisionPage(
-        declared_id=declared, level=level, name=name,
-        portal_updated_at=datetime.fromisoformat(updated) if updated else None,
-        protocol=ProtocolFigures(*protocol), has_results_table=has_results,
-        lines=tuple(BallotLine(*line) for line in lines),
-        children=tuple(Link(*link) for link in children),
-        fractional_counts=tuple((figure, text) for figure, text in fractional),
     )
 
 
@@ -359,9 +352,7 @@ def assemble_snapshot(
     The same portal state always lands in the same directory, so re-running adds nothing.
     """
     lang = lang or config.portal_lang()
-    crawls: list[ContestCrawl] = []
-    for path in batch_paths:
-        crawls.extend(read_crawl_batch(Path(path)))
+    crawled = CrawlTable.concat([read_crawl_table(Path(path)) for path in batch_paths])
     # The election page was fetched (and archived) by detect_change: this stage reads the
     # archive only, so it can be re-run without the portal.
     archive = RawArchive(archive_root or config.raw_dir())
@@ -371,7 +362,7 @@ def assemble_snapshot(
         raise FileNotFoundError(f"{election_url} is not in the raw archive: run detect_change first")
     election_page = FetchedPage(election_url, 200, archive.read(latest.sha256), latest.sha256,
                                 not_modified=True, encoding=latest.encoding)
-    meta, frames = assemble(portal, lang, election_id, election_page, crawls, fetched_at)
+    meta, frames = assemble(portal, lang, election_id, election_page, crawled, fetched_at)
     target = config.staging_dir() / election_id / "snapshots" / meta["snapshot_id"]
     if (target / "snapshot.json").exists():
         log.info("snapshot %s already assembled at %s", meta["snapshot_id"], target)

@@ -1,5 +1,8 @@
 """Turn crawled pages into the tidy frames of one snapshot, and read/write snapshot dirs.
 
+pandas is imported when frames are made, not with this module: the crawl imports it, and
+its worker processes fork before anything needs pandas.
+
 A snapshot directory holds `divisions.parquet`, `turnout.parquet`, `results.parquet` and
 `snapshot.json` (metadata, failures and the archived page of every URL used). The JSON
 is written last: a directory without it is an interrupted write, not a snapshot.
@@ -7,24 +10,26 @@ is written last: a directory without it is an interrupted write, not a snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from etl import schema
-from etl.records import CrawledDivision, FetchFailure, PageRef
+from etl.records import CrawledDivision, FetchFailure, PageRef, ProtocolFigures
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from etl.crawl import ContestCrawl
 
 log = logging.getLogger(__name__)
@@ -61,15 +66,96 @@ def snapshot_id_for(
     return f"{election_id}-{stamp}-{digest.hexdigest()[:12]}"
 
 
-def portal_time(crawls: Sequence[ContestCrawl]) -> datetime | None:
+def portal_time(crawled: CrawlTable) -> datetime | None:
     """The portal's own `updated` time of a snapshot: the latest any page declares."""
-    times = [d.page.portal_updated_at for c in crawls for d in c.divisions if d.page.portal_updated_at]
+    # Each distinct stamp once, in the order pages list them (max keeps the first of equals).
+    stamps = dict.fromkeys(crawled.pages.column("portal_updated_at").to_pylist())
+    times = [datetime.fromisoformat(stamp) for stamp in stamps if stamp]
     return max(times) if times else None
 
 
-# Divisions normalised per Arrow batch: ~20 ballot lines each, so results batches stay
-# around 200,000 rows; no frame of a whole 100,000-precinct contest is ever built in pandas.
-FRAME_BATCH_DIVISIONS = 10_000
+# The crawled pages in columns (see `CrawlTable`): the staged form of a crawl batch and
+# what the frames are built from. Ballot lines, child links and fractional count cells
+# are list columns, so each is one flat Arrow array whatever the number of pages.
+LINE_TYPE = pa.struct([("choice_position", pa.int64()), ("choice_name", pa.string()),
+                       ("is_against_all", pa.bool_()), ("votes", pa.int64()),
+                       ("pct_published", pa.float64())])
+LINK_TYPE = pa.struct([("segment", pa.string()), ("name", pa.string()), ("href", pa.string())])
+CELL_TYPE = pa.struct([("figure", pa.string()), ("text", pa.string())])
+PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(ProtocolFigures))
+PAGE_SCHEMA = pa.schema([
+    ("contest_id", pa.string()), ("division_id", pa.string()), ("parent_id", pa.string()),
+    ("url", pa.string()), ("sha256", pa.string()), ("declared_id", pa.string()),
+    ("level", pa.string()), ("name", pa.string()),
+    ("portal_updated_at", pa.string()),  # ISO 8601 with the offset the page gave
+    *[(name, pa.float64() if name == "turnout_pct_published" else pa.int64())
+      for name in PROTOCOL_FIELDS],
+    ("has_results_table", pa.bool_()),
+    ("lines", pa.list_(LINE_TYPE)),
+    ("children", pa.list_(LINK_TYPE)),
+    ("fractional_counts", pa.list_(CELL_TYPE)),
+])
+_NESTED = {"lines": LINE_TYPE, "children": LINK_TYPE, "fractional_counts": CELL_TYPE}
+
+
+@dataclass(frozen=True)
+class CrawlTable:
+    """Crawled contests in columns: `pages` has one row per division page (PAGE_SCHEMA),
+    contests in order and each contest's divisions in tree order; `contests` say what each
+    contest's crawl counted and what failed."""
+
+    pages: pa.Table
+    contests: tuple[ContestCrawl, ...]
+
+    @classmethod
+    def concat(cls, parts: Sequence[CrawlTable]) -> CrawlTable:
+        """Several crawl batches as one (contests in the order of the parts)."""
+        if not parts:
+            return crawl_table((), ())
+        return cls(pa.concat_tables([part.pages for part in parts]),
+                   tuple(c for part in parts for c in part.contests))
+
+
+def crawl_table(contests: Sequence[ContestCrawl],
+                divisions: Iterable[CrawledDivision]) -> CrawlTable:
+    """Crawled contests in columns: their summaries and their parsed pages, in order."""
+    flat: dict[str, list[Any]] = {name: [] for name in PAGE_SCHEMA.names if name not in _NESTED}
+    nested: dict[str, tuple[list[Any], list[int]]] = {name: ([], [0]) for name in _NESTED}
+    protocol_columns = [flat[name] for name in PROTOCOL_FIELDS]
+    for contest_id, division_id, parent_id, url, sha256, page in divisions:
+        flat["contest_id"].append(contest_id)
+        flat["division_id"].append(division_id)
+        flat["parent_id"].append(parent_id)
+        flat["url"].append(url)
+        flat["sha256"].append(sha256)
+        flat["declared_id"].append(page.declared_id)
+        flat["level"].append(page.level)
+        flat["name"].append(page.name)
+        flat["portal_updated_at"].append(page.portal_updated_at)
+        for column, value in zip(protocol_columns, page.protocol, strict=True):
+            column.append(value)
+        flat["has_results_table"].append(page.has_results_table)
+        for name, values in (("lines", page.lines), ("children", page.children),
+                             ("fractional_counts", page.fractional_counts)):
+            items, offsets = nested[name]
+            items.extend(values)
+            offsets.append(len(items))
+    arrays = []
+    for field in PAGE_SCHEMA:
+        if field.name in _NESTED:
+            items, offsets = nested[field.name]
+            arrays.append(_list_array(_NESTED[field.name], items, offsets))
+        else:
+            arrays.append(pa.array(flat[field.name], field.type))
+    return CrawlTable(pa.Table.from_arrays(arrays, schema=PAGE_SCHEMA), tuple(contests))
+
+
+def _list_array(struct: pa.StructType, items: list[tuple[Any, ...]], offsets: list[int]) -> pa.Array:
+    # Items are tuples in the struct's field order (Arrow reads them as structs directly).
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(items, struct),
+                                    type=pa.list_(struct))
+
+
 _ARROW_TYPES = {
     "string": pa.string(),
     "Int64": pa.int64(),
@@ -78,110 +164,51 @@ _ARROW_TYPES = {
 }
 
 
-def arrow_schema(columns: dict[str, str], *, with_snapshot_id: bool = True) -> pa.Schema:
-    """The Arrow schema of a frame of `etl.schema` (optionally without `snapshot_id`)."""
-    return pa.schema(
-        [(name, _ARROW_TYPES[dtype]) for name, dtype in columns.items()
-         if with_snapshot_id or name != "snapshot_id"]
-    )
+def arrow_schema(columns: dict[str, str]) -> pa.Schema:
+    """The Arrow schema of a frame of `etl.schema`."""
+    return pa.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in columns.items()])
 
 
-def frame_batches(
-    election_id: str, crawls: Sequence[ContestCrawl], *, snapshot_id: str | None = None,
-    batch_divisions: int = FRAME_BATCH_DIVISIONS,
-) -> Iterator[dict[str, pa.RecordBatch]]:
-    """The three frames of crawled contests as Arrow record batches, a few divisions at a time.
-
-    Without `snapshot_id` the batches lack that column (a crawl batch is staged before the
-    snapshot's id, which depends on every batch, is known).
-    """
-    batch: list[tuple[str, CrawledDivision]] = []
-    for crawl in crawls:
-        for division in crawl.divisions:
-            batch.append((crawl.contest_id, division))
-            if len(batch) >= batch_divisions:
-                yield _record_batches(snapshot_id, election_id, batch)
-                batch = []
-    if batch:
-        yield _record_batches(snapshot_id, election_id, batch)
-
-
-def _record_batches(
-    snapshot_id: str | None, election_id: str, divisions: list[tuple[str, CrawledDivision]]
-) -> dict[str, pa.RecordBatch]:
-    div_cols: dict[str, list[Any]] = {c: [] for c in schema.DIVISIONS}
-    turn_cols: dict[str, list[Any]] = {c: [] for c in schema.TURNOUT}
-    res_cols: dict[str, list[Any]] = {c: [] for c in schema.RESULTS if c != "pct_computed"}
-    cast_of_line: list[int | None] = []
-    protocol_columns = [c for c in schema.TURNOUT if c not in schema.DIVISIONS]
-    for contest_id, division in divisions:
-        page = division.page
-        for columns in (div_cols, turn_cols):
-            columns["contest_id"].append(contest_id)
-            columns["division_id"].append(division.division_id)
-        div_cols["parent_id"].append(division.parent_id)
-        div_cols["level"].append(page.level)
-        div_cols["name"].append(page.name)
-        protocol = page.protocol
-        for column in protocol_columns:
-            turn_cols[column].append(getattr(protocol, column))
-        lines = page.lines
-        if not lines:
-            continue
-        n_lines = len(lines)
-        res_cols["contest_id"].extend([contest_id] * n_lines)
-        res_cols["division_id"].extend([division.division_id] * n_lines)
-        cast_of_line.extend([protocol.ballots_cast] * n_lines)
-        for line in lines:
-            res_cols["choice_position"].append(line.choice_position)
-            res_cols["choice_name"].append(line.choice_name)
-            res_cols["is_against_all"].append(line.is_against_all)
-            res_cols["votes"].append(line.votes)
-            res_cols["pct_published"].append(line.pct_published)
-    votes = np.array(res_cols["votes"], dtype=np.float64)  # None -> nan
-    cast = np.array(cast_of_line, dtype=np.float64)
+def build_frames(snapshot_id: str, election_id: str, crawled: CrawlTable) -> SnapshotFrames:
+    """The divisions, turnout and results frames of crawled pages (column by column)."""
+    pages = crawled.pages
+    n_pages = pages.num_rows
+    lines = pages.column("lines").combine_chunks()
+    assert isinstance(lines, pa.ListArray)
+    # Each ballot line's page: the row index repeated as many times as the page has lines.
+    line_page = np.repeat(np.arange(n_pages), lines.value_lengths().fill_null(0).to_numpy())
+    line_columns = dict(zip([field.name for field in LINE_TYPE], lines.flatten().flatten(),
+                            strict=True))
+    votes = line_columns["votes"].to_numpy(zero_copy_only=False).astype(np.float64)
+    cast = pages.column("ballots_cast").to_numpy().astype(np.float64)[line_page]
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = votes / cast * 100
-    # No share where votes or ballots are missing, or nobody voted (as before: never 0/0).
-    res_cols["pct_computed"] = pa.array(pct, mask=~np.isfinite(pct) | (cast == 0))
-    return {
-        "divisions": _record_batch(div_cols, schema.DIVISIONS, snapshot_id, election_id),
-        "turnout": _record_batch(turn_cols, schema.TURNOUT, snapshot_id, election_id),
-        "results": _record_batch(res_cols, schema.RESULTS, snapshot_id, election_id),
+    # No share where votes or ballots are missing, or nobody voted (never 0/0).
+    line_columns["pct_computed"] = pa.array(pct, mask=~np.isfinite(pct) | (cast == 0))
+    take = pa.array(line_page, pa.int64())
+    for key in ("contest_id", "division_id"):
+        line_columns[key] = pages.column(key).take(take)
+    sources = {
+        "divisions": ({name: pages.column(name) for name in schema.DIVISIONS
+                       if name in PAGE_SCHEMA.names}, n_pages),
+        "turnout": ({name: pages.column(name) for name in schema.TURNOUT
+                     if name in PAGE_SCHEMA.names}, n_pages),
+        "results": (line_columns, len(line_page)),
     }
-
-
-def _record_batch(
-    columns: dict[str, Any], dtypes: dict[str, str], snapshot_id: str | None, election_id: str
-) -> pa.RecordBatch:
-    n = len(columns["division_id"])
-    arrays = []
-    target = arrow_schema(dtypes, with_snapshot_id=snapshot_id is not None)
-    for field in target:
-        if field.name == "snapshot_id":
-            arrays.append(pa.array([snapshot_id] * n, pa.string()))
-        elif field.name == "election_id":
-            arrays.append(pa.array([election_id] * n, pa.string()))
-        else:
-            values = columns[field.name]
-            arrays.append(values if isinstance(values, pa.Array) else pa.array(values, field.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=target)
-
-
-def build_frames(snapshot_id: str, election_id: str, crawls: Sequence[ContestCrawl]) -> SnapshotFrames:
-    """Build the divisions, turnout and results frames from crawled contests (in memory)."""
-    parts: dict[str, list[pa.RecordBatch]] = {name: [] for name in schema.FRAMES}
-    for batches in frame_batches(election_id, crawls, snapshot_id=snapshot_id):
-        for name, batch in batches.items():
-            parts[name].append(batch)
     frames = {}
     for name, columns in schema.FRAMES.items():
-        table = pa.Table.from_batches(parts[name], schema=arrow_schema(columns))
+        values, rows = sources[name]
+        constant = {"snapshot_id": snapshot_id, "election_id": election_id}
+        arrays = [pa.array([constant[column]] * rows, pa.string()) if column in constant
+                  else values[column] for column in columns]
+        table = pa.Table.from_arrays(arrays, schema=arrow_schema(columns))
         frames[name] = table.to_pandas(types_mapper=_pandas_type).astype(columns)
     return SnapshotFrames(**frames)
 
 
 def _pandas_type(arrow_type: pa.DataType) -> Any:
+    import pandas as pd
+
     return {
         pa.string(): pd.StringDtype(),
         pa.int64(): pd.Int64Dtype(),
@@ -203,8 +230,20 @@ def write_snapshot(out_dir: Path, frames: SnapshotFrames, meta: dict[str, Any]) 
 
 def _write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     tmp_meta = out_dir / f".{SNAPSHOT_META_FILE}.tmp"
-    tmp_meta.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp_meta.write_text(_readable_json(meta), encoding="utf-8")
     os.replace(tmp_meta, out_dir / SNAPSHOT_META_FILE)
+
+
+def _readable_json(meta: dict[str, Any]) -> str:
+    """The metadata as JSON with a key a line and a list item a line (a snapshot lists
+    ~5,000 pages: `indent=` would take json's pure-Python encoder, ten times slower)."""
+    def value(item: Any) -> str:
+        if isinstance(item, list) and item:
+            return "[\n  " + ",\n  ".join(json.dumps(v, ensure_ascii=False) for v in item) + "\n ]"
+        return json.dumps(item, ensure_ascii=False)
+
+    return "{\n" + ",\n".join(f" {json.dumps(key, ensure_ascii=False)}: {value(item)}"
+                               for key, item in meta.items()) + "\n}\n"
 
 
 class SnapshotDirError(ValueError):
@@ -232,6 +271,8 @@ def read_snapshot_meta(snapshot_dir: Path) -> dict[str, Any]:
 
 def read_snapshot_frames(snapshot_dir: Path) -> dict[str, pd.DataFrame]:
     """The divisions, turnout and results frames of a snapshot directory, typed."""
+    import pandas as pd
+
     frames = {}
     for name, columns in schema.FRAMES.items():
         path = snapshot_dir / f"{name}.parquet"

@@ -22,20 +22,18 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 
 from etl.parse import BISHKEK_TZ
-from etl.records import BallotLine, DivisionPage, Link, ProtocolFigures
+from etl.records import DivisionPage, PageRecord, page_record
 
 log = logging.getLogger(__name__)
 
 _STAMP = re.compile(rb'<time class="updated" datetime="([0-9T:+\-.Z ]+)">[^<]*</time>')
 _TIME_OPEN = re.compile(rb"<time", re.I)
-_PROTOCOL_FIELDS = tuple(f.name for f in fields(ProtocolFigures))
-_LINE_FIELDS = tuple(f.name for f in fields(BallotLine))
 _VERSION_KEY = b"cec.parser_version"
 _PARSING_MODULES = ("parse.py", "fastparse.py", "records.py", "pagecache.py")
 
@@ -87,32 +85,27 @@ def _stamp(raw: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=BISHKEK_TZ)
 
 
-def cache_entry(keyed: PageKey, page: DivisionPage) -> str | None:
+def cache_entry(keyed: PageKey, page: DivisionPage | PageRecord) -> str | None:
     """The page's records as a cache entry, or None when its stamp is not the keyed one."""
-    if repr(page.portal_updated_at) != repr(keyed.stamp):
+    record = page if isinstance(page, PageRecord) else page_record(page)
+    if record.portal_updated_at != keyed.stamp.isoformat() or (
+            isinstance(page, DivisionPage) and repr(page.portal_updated_at) != repr(keyed.stamp)):
         return None  # the parser took its time from elsewhere: do not reuse this page
-    protocol = page.protocol
     return json.dumps([
-        page.declared_id, page.level, page.name, page.has_results_table,
-        [getattr(protocol, name) for name in _PROTOCOL_FIELDS],
-        [[getattr(line, name) for name in _LINE_FIELDS] for line in page.lines],
-        [[link.segment, link.name, link.href] for link in page.children],
-        [list(cell) for cell in page.fractional_counts],
+        record.declared_id, record.level, record.name, record.has_results_table,
+        record.protocol, record.lines, record.children, record.fractional_counts,
     ], ensure_ascii=False)
 
 
-def reuse(page_cache: PageCache, keyed: PageKey) -> DivisionPage | None:
+def reuse(page_cache: PageCache, keyed: PageKey) -> PageRecord | None:
     """The cached records of this page with its new stamp, or None."""
     entry = page_cache.entries.get(keyed.key)
     if entry is None:
         return None
     declared_id, level, name, has_results, protocol, lines, children, fractional = json.loads(entry)
-    return DivisionPage(
-        declared_id=declared_id, level=level, name=name, portal_updated_at=keyed.stamp,
-        protocol=ProtocolFigures(*protocol), has_results_table=has_results,
-        lines=tuple(BallotLine(*line) for line in lines),
-        children=tuple(Link(*link) for link in children),
-        fractional_counts=tuple((figure, text) for figure, text in fractional))
+    return PageRecord(
+        declared_id, level, name, keyed.stamp.isoformat(), tuple(protocol), has_results,
+        tuple(map(tuple, lines)), tuple(map(tuple, children)), tuple(map(tuple, fractional)))
 
 
 def cache_path(state_dir: Path, election_id: str) -> Path:

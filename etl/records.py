@@ -1,14 +1,16 @@
 """Typed records that cross stage boundaries (parse -> crawl -> normalise).
 
 Parsers return these; the crawler collects them; `etl.normalise` turns them into frames.
-They are plain frozen dataclasses so that they pickle across processes and serialise to
-JSON for staging.
+They are plain frozen dataclasses; a parsed division page crosses the crawl's process
+pipe and the page cache as a `PageRecord` of plain values (cheaper to pickle and to turn
+into columns than ~25 dataclass objects a page), and is staged as Arrow columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,48 @@ class FetchFailure:
     status: int | None = None
 
 
-@dataclass(frozen=True)
-class CrawledDivision:
+# A ballot line, a child link and a fractional count cell as plain tuples, in the field
+# order of BallotLine, Link and (figure, cell text).
+LineValues = tuple[int | None, str, bool, int | None, float | None]
+LinkValues = tuple[str, str, str]
+CellValues = tuple[str, str]
+ProtocolValues = tuple[int | None, int | None, int | None, int | None, int | None,
+                       float | None, int | None, int | None]
+
+
+class PageRecord(NamedTuple):
+    """A parsed division page as plain values (`DivisionPage` field for field; the stamp
+    as ISO 8601 text with its offset)."""
+
+    declared_id: str | None
+    level: str | None
+    name: str
+    portal_updated_at: str | None
+    protocol: ProtocolValues
+    has_results_table: bool
+    lines: tuple[LineValues, ...]
+    children: tuple[LinkValues, ...]
+    fractional_counts: tuple[CellValues, ...]
+
+
+def page_record(page: DivisionPage) -> PageRecord:
+    """A parsed page's plain values."""
+    stamp, figures = page.portal_updated_at, page.protocol
+    return PageRecord(
+        page.declared_id, page.level, page.name,
+        stamp.isoformat() if stamp is not None else None,
+        (figures.registered, figures.ballots_issued, figures.ballots_cast, figures.invalid,
+         figures.valid, figures.turnout_pct_published, figures.precincts_counted,
+         figures.precincts_total),
+        page.has_results_table,
+        tuple((ln.choice_position, ln.choice_name, ln.is_against_all, ln.votes, ln.pct_published)
+              for ln in page.lines),
+        tuple((ln.segment, ln.name, ln.href) for ln in page.children),
+        tuple(page.fractional_counts),
+    )
+
+
+class CrawledDivision(NamedTuple):
     """A parsed division page placed in its contest's hierarchy."""
 
     contest_id: str
@@ -96,7 +138,7 @@ class CrawledDivision:
     parent_id: str | None
     url: str
     sha256: str
-    page: DivisionPage
+    page: PageRecord
 
 
 @dataclass(frozen=True)

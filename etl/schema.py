@@ -6,7 +6,10 @@ them only together with the README and a warehouse migration.
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when a frame is made: `etl.crawl` imports this module
+    import pandas as pd
 
 DIVISIONS: dict[str, str] = {
     "snapshot_id": "string",
@@ -68,5 +71,7 @@ FRAMES: dict[str, dict[str, str]] = {
 
 def typed_frame(rows: list[dict[str, object]], columns: dict[str, str]) -> pd.DataFrame:
     """Build a frame with exactly `columns`, in order, cast to their nullable dtypes."""
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=list(columns))
     return frame.astype(columns)

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from etl import config
 from etl.crawl import ContestCrawl, SourceSpec, crawl_contests, fetch_election
 from etl.fetch import REFUSED, FetchedPage, utc_now
 from etl.normalise import (
+    CrawlTable,
     SnapshotFrames,
     build_frames,
     portal_time,
@@ -113,9 +117,9 @@ def _snapshot(
         selected = [c for c in listed if c in set(contests)]
     else:
         selected = listed
-    crawls = crawl_contests(spec, lang, election_id, selected, concurrency=concurrency,
-                            processes=processes)
-    meta, frames = assemble(spec.base_url, lang, election_id, election_page, crawls, fetched_at)
+    crawled = crawl_contests(spec, lang, election_id, selected, concurrency=concurrency,
+                             processes=processes)
+    meta, frames = assemble(spec.base_url, lang, election_id, election_page, crawled, fetched_at)
     write_snapshot(out_dir, frames, meta)
     seconds = time.perf_counter() - started
     log.info("snapshot %s: %d pages (%d not modified), %d failed, rows %s, %.2fs",
@@ -126,26 +130,29 @@ def _snapshot(
 
 def assemble(
     portal: str, lang: str, election_id: str, election_page: FetchedPage,
-    crawls: Sequence[ContestCrawl], fetched_at: str,
+    crawled: CrawlTable, fetched_at: str,
 ) -> tuple[dict[str, Any], SnapshotFrames]:
     """The one path from crawled contests to a snapshot: its metadata and its frames.
 
     `etl scrape`, `etl reprocess` and the cycle's assemble stage all go through here, so a
     snapshot is the same whichever way it was made.
     """
-    meta = snapshot_meta(portal, lang, election_id, election_page, crawls, fetched_at)
-    return meta, build_frames(meta["snapshot_id"], election_id, crawls)
+    meta = snapshot_meta(portal, lang, election_id, election_page, crawled, fetched_at)
+    return meta, build_frames(meta["snapshot_id"], election_id, crawled)
 
 
 def snapshot_meta(
     portal: str, lang: str, election_id: str, election_page: FetchedPage,
-    crawls: Sequence[ContestCrawl], fetched_at: str,
+    crawled: CrawlTable, fetched_at: str,
 ) -> dict[str, Any]:
     """The `snapshot.json` contents for a set of crawled contests."""
+    crawls = crawled.contests
+    table = crawled.pages
     pages = [PageRef(election_page.url, election_page.sha256, 200)]
-    pages += [page for crawl in crawls for page in crawl.pages]
+    pages += [PageRef(url, sha256, 200) for url, sha256 in zip(
+        table.column("url").to_pylist(), table.column("sha256").to_pylist(), strict=True)]
     failures = [f for crawl in crawls for f in crawl.failures]
-    updated = portal_time(crawls)
+    updated = portal_time(crawled)
     return {
         "snapshot_id": snapshot_id_for(election_id, updated, pages, failures),
         "election_id": election_id,
@@ -171,13 +178,20 @@ def snapshot_meta(
         ),
         "pages": [{"url": p.url, "sha256": p.sha256, "status": p.status}
                   for p in sorted(pages, key=lambda page: page.url)],
-        "fractional_counts": [
-            {"contest_id": crawl.contest_id, "division_id": d.division_id, "url": d.url,
-             "figure": figure, "text": text}
-            for crawl in crawls for d in crawl.divisions for figure, text in d.page.fractional_counts
-        ],
+        "fractional_counts": fractional_counts(table),
         "limits": crawl_limits(crawls),
     }
+
+
+def fractional_counts(pages: pa.Table) -> list[dict[str, Any]]:
+    """Count cells that held a fraction, page by page (few: only their rows are read)."""
+    cells = pages.column("fractional_counts").combine_chunks()
+    with_cells = np.flatnonzero(cells.value_lengths().fill_null(0).to_numpy())
+    rows = pages.select(["contest_id", "division_id", "url", "fractional_counts"]).take(
+        pa.array(with_cells, pa.int64())).to_pylist()
+    return [{"contest_id": row["contest_id"], "division_id": row["division_id"],
+             "url": row["url"], "figure": cell["figure"], "text": cell["text"]}
+            for row in rows for cell in row["fractional_counts"]]
 
 
 def crawl_limits(crawls: Sequence[ContestCrawl]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from etl import cycle
 from etl.normalise import read_snapshot_frames, read_snapshot_meta
 from etl.pagecache import PageCache, cache_entry, cache_path, page_key, read_pages, reuse, write_pages
 from etl.parse import parse_division
+from etl.records import page_record
 from etl.replica import ReplicaServer
 from etl.replica.render import PortalRenderer
 
@@ -39,7 +40,7 @@ def run_cycle(portal: str, data: Path, monkeypatch: pytest.MonkeyPatch,
     assert detection.status == cycle.CHANGED, detection
     batch = cycle.crawl_batch(portal, "jk2021", detection.contests,
                               cycle.run_dir("jk2021", detection.checked_at.replace(":", ""))
-                              / "batch-0.pickle", processes=processes, concurrency=4)
+                              / "batch-0.arrow", processes=processes, concurrency=4)
     snapshot_dir = cycle.assemble_snapshot(portal, "jk2021", [batch], detection.checked_at)
     meta = read_snapshot_meta(snapshot_dir)
     cycle.mark_completed("jk2021", detection.fingerprint, meta["snapshot_id"],
@@ -143,7 +144,8 @@ def test_reused_records_carry_the_new_stamp_and_equal_a_fresh_parse() -> None:
     restamped = html.replace(b"2021-11-28T21:05:13+06:00", b"2021-11-29T08:00:00+06:00")
     new_key = page_key(url, restamped)
     assert new_key is not None and new_key.key == keyed.key
-    assert reuse(PageCache({keyed.key: entry}), new_key) == parse_division(restamped, url)
+    assert reuse(PageCache({keyed.key: entry}), new_key) == page_record(
+        parse_division(restamped, url))
     # Another URL with the same body is another page (links resolve against the URL).
     other = page_key("http://portal/ru/results/jk2021/list/8/", html)
     assert other is not None and other.key != keyed.key

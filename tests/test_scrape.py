@@ -455,33 +455,36 @@ def test_query_string_variants_and_the_page_cap_are_limited_and_reported(
     assert written["limits"] == capped.meta["limits"]
 
 
-def test_crawl_batches_are_staged_as_json_and_a_pickle_is_never_loaded(
+def test_crawl_batches_are_staged_as_arrow_columns_and_a_pickle_is_never_loaded(
         portal: ReplicaServer, tmp_path: Path) -> None:
     import pickle
-    from dataclasses import replace
-    from typing import Any
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     from etl.crawl import SourceSpec, crawl_contests
-    from etl.cycle import STAGING_FORMAT, crawl_batch, read_crawl_batch
+    from etl.cycle import STAGING_FORMAT, crawl_batch, read_crawl_table
 
-    staged = crawl_batch(portal.base_url, "jk2021", SMALL, tmp_path / "batch-0.json",
+    staged = crawl_batch(portal.base_url, "jk2021", SMALL, tmp_path / "batch-0.arrow",
                          processes=1, archive_root=tmp_path / "raw")
-    document = json.loads(staged.read_text(encoding="utf-8"))  # plain JSON
+    with pa.OSFile(str(staged), "rb") as source:  # a plain Arrow IPC file
+        table = pa.ipc.open_file(source).read_all()
+    document = json.loads(table.schema.metadata[b"cec.crawl_batch"])
     assert document["format"] == STAGING_FORMAT
+    assert table.num_rows == SMALL_PAGES
+    assert pa.types.is_list(table.schema.field("lines").type)  # ballot lines as columns
     direct = crawl_contests(SourceSpec(portal.base_url, tmp_path / "raw"), "ru", "jk2021", SMALL,
-                            concurrency=4, processes=1)
+                            concurrency=4, processes=2)
 
-    # The round trip loses nothing (the second crawl's pages were answered 304, and how each
-    # page was read differs: those counts differ; the page cache goes beside the batch).
-    # Pages are listed in the order they arrived, which threads make vary.
-    def same(crawls: list[Any]) -> list[Any]:
-        return [replace(c, pages_fetched=0, pages_not_modified=0, pages_parsed_fast=0,
-                        pages_parsed_fallback=0, pages_reused=0, parsed_pages=(),
-                        pages=tuple(sorted(c.pages, key=lambda p: p.url))) for c in crawls]
-
-    assert same(read_crawl_batch(staged)) == same(direct)
-    assert sum(len(d.page.lines) for d in direct[0].divisions) > 0
-    hostile = tmp_path / "batch-1.json"
+    # The round trip loses nothing: the same rows in the same (tree) order, whatever order
+    # the pages arrived in; the same failures. (How each page was read differs: the second
+    # crawl's pages were answered 304.)
+    read = read_crawl_table(staged)
+    assert read.pages.equals(direct.pages)
+    assert [(c.contest_id, c.failures, c.refused) for c in read.contests] == [
+        (c.contest_id, c.failures, c.refused) for c in direct.contests]
+    assert pc.sum(pc.list_value_length(direct.pages["lines"])).as_py() > 0
+    hostile = tmp_path / "batch-1.arrow"
     hostile.write_bytes(pickle.dumps(direct))
     with pytest.raises(ValueError):
-        read_crawl_batch(hostile)
+        read_crawl_table(hostile)
