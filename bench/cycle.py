@@ -13,7 +13,9 @@ Expectations context are paid every time), into a fresh DuckDB file unless --war
   (late automatic counts: 141 of 2,494 precincts, 5.7%, and their parents change).
 
 Each figure is the median of --repeat runs, each from its own empty data directory (the
-incremental ones after an untimed first cycle). Prints the load average beside them.
+incremental ones after an untimed first cycle). Prints the load average beside them, the
+CPU seconds of `etl run` (its worker processes included) and those of the replica during
+the run (it shares the machine's cores: after a re-stamp it renders every page again).
 """
 
 from __future__ import annotations
@@ -41,13 +43,25 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def replica_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process's running children: only
+    the replica runs between two timed cycles."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children():
+        times = child.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def etl_run(base_url: str, data_dir: str, warehouse: str) -> tuple[float, str]:
     """Wall seconds and stdout of one `python -m etl run`; raises if it fails.
 
     The stdout ends with a line giving the CPU seconds the run used (its workers included):
     on a shared machine it moves less with the load than the wall time.
     """
-    cpu_before = children_cpu_seconds()
+    cpu_before, replica_before = children_cpu_seconds(), replica_cpu_seconds()
     started = time.perf_counter()
     run = subprocess.run(
         [sys.executable, "-m", "etl", "run", "--portal", base_url, "--election", "jk2021",
@@ -59,7 +73,8 @@ def etl_run(base_url: str, data_dir: str, warehouse: str) -> tuple[float, str]:
         raise RuntimeError(f"etl run exited {run.returncode}:\n{run.stdout[-2000:]}\n"
                            f"{run.stderr[-2000:]}")
     cpu = children_cpu_seconds() - cpu_before
-    return round(seconds, 3), run.stdout + f"\ncpu_seconds {cpu:.2f}\n"
+    replica = replica_cpu_seconds() - replica_before
+    return round(seconds, 3), run.stdout + f"\nreplica_cpu_seconds {replica:.2f}\ncpu_seconds {cpu:.2f}\n"
 
 
 def one_cycle(base_url: str, mode: str, warehouse_arg: str | None) -> tuple[float, str]:
@@ -97,17 +112,22 @@ def main(argv: list[str] | None = None) -> int:
         "warehouse": args.warehouse or "fresh DuckDB file"}
     with replica_process(at="final") as base_url:
         for mode in args.mode.split(","):
-            seconds, summaries, cpu = [], [], []
+            seconds, summaries, cpu, replica_cpu, loads = [], [], [], [], []
             for _ in range(args.repeat):
                 elapsed, stdout = one_cycle(base_url, mode, args.warehouse)
                 seconds.append(elapsed)
-                cpu.append(float(stdout.rsplit("cpu_seconds ", 1)[1]))
+                cpu.append(float(stdout.rsplit("\ncpu_seconds ", 1)[1]))
+                replica_cpu.append(float(stdout.rsplit("replica_cpu_seconds ", 1)[1].split()[0]))
+                loads.append(round(os.getloadavg()[0], 2))
                 summaries.append(next((line.strip() for line in stdout.splitlines()
                                        if "division pages:" in line), ""))
-                print(f"{mode}: {elapsed:.2f}s wall, {cpu[-1]:.1f} CPU-s  {summaries[-1]}  "
-                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+                print(f"{mode}: {elapsed:.2f}s wall, {cpu[-1]:.1f} CPU-s (replica "
+                      f"{replica_cpu[-1]:.1f})  {summaries[-1]}  (load {loads[-1]:.1f})",
+                      flush=True)
             median = statistics.median(seconds)
             report[mode] = {"seconds": seconds, "median_seconds": median, "cpu_seconds": cpu,
+                            "median_cpu_seconds": statistics.median(cpu),
+                            "replica_cpu_seconds": replica_cpu, "load_averages": loads,
                             "target_seconds": TARGETS[mode], "meets_target": median <= TARGETS[mode],
                             "pages": summaries[0], "load_average": os.getloadavg()}
     save_report("cycle", report)

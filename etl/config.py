@@ -63,14 +63,25 @@ def elections_dir() -> Path:
     return Path(env("CEC_ELECTIONS_DIR", str(REPO_ROOT / "elections")))
 
 
-def concurrency() -> int:
-    """Requests in flight at once over the whole crawl (`CEC_CONCURRENCY`, default 8)."""
-    return int(env("CEC_CONCURRENCY", "8"))
+def concurrency(shares: int = 1) -> int:
+    """Requests in flight at once for one of `shares` crawl tasks that run at once.
+
+    `CEC_CONCURRENCY` (default 8) is the run's total, over all its crawl tasks (the DAG
+    maps the crawl over `CEC_CRAWL_BATCHES` tasks); each gets its share, at least 1.
+    """
+    return max(1, int(env("CEC_CONCURRENCY", "8")) // max(1, shares))
 
 
-def crawl_processes() -> int:
-    """Parser processes for a crawl (`CEC_CRAWL_PROCESSES`, default: the CPU count)."""
-    return int(env("CEC_CRAWL_PROCESSES", str(os.cpu_count() or 1)))
+def crawl_processes(shares: int = 1) -> int:
+    """Worker processes of one of `shares` crawl tasks that run at once.
+
+    `CEC_CRAWL_PROCESSES` (default: the machine's CPU count) is the run's total, over all
+    its crawl tasks: each gets its share, at least 1, so that processes × tasks never
+    exceeds the cores (one worker process keeps one core busy: its threads only wait on
+    the network, and it parses one page at a time).
+    """
+    total = int(env("CEC_CRAWL_PROCESSES", str(os.cpu_count() or 1)))
+    return max(1, total // max(1, shares))
 
 
 def request_timeout() -> float:
