@@ -384,7 +384,7 @@ def _merge_parsed_pages(parts: Sequence[Path], target: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(part) for part in parts if part.is_file()]
+    tables = [pq.ParquetFile(part).read() for part in parts if part.is_file()]
     if tables:
         pq.write_table(pa.concat_tables(tables), target, compression="zstd")
 
@@ -392,6 +392,8 @@ def _merge_parsed_pages(parts: Sequence[Path], target: Path) -> None:
 def warm_quality_gate() -> None:
     """Import Great Expectations and build its context now (once per process), e.g. in a
     thread while the crawl's workers fetch and parse; `validate_stage` then reuses it."""
+    import pyarrow.dataset  # noqa: F401 - what pandas reads Parquet with, in the gate
+
     from etl.quality.suites import EXPECTATIONS_DIR, suite_runner
 
     suite_runner(EXPECTATIONS_DIR)  # the same cache key as the gate's call

@@ -132,6 +132,7 @@ def write_pages(path: Path, rows: Iterable[tuple[str, str, str, str]]) -> Path:
 
 def read_pages(path: Path, contests: Sequence[str] | None = None) -> PageCache | None:
     """The cache file's entries (of `contests` only, if given); None if absent or stale."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -143,11 +144,16 @@ def read_pages(path: Path, contests: Sequence[str] | None = None) -> PageCache |
             log.info("page cache %s is from parser version %s, not %s: not reused", path,
                      version or "?", parser_version())
             return None
-        filters = [("contest_id", "in", list(contests))] if contests else None
-        table = pq.read_table(path, columns=["page_key", "page"], filters=filters)
+        # ParquetFile, not read_table(filters=…): that imports pyarrow.dataset (~0.2 s)
+        # before the crawl starts.
+        table = pq.ParquetFile(path).read(columns=["contest_id", "page_key", "page"])
     except (OSError, ValueError) as exc:
         log.warning("page cache %s unreadable, parsing every page: %s", path, exc)
         return None
+    if contests:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.is_in(table.column("contest_id"), pa.array(list(contests))))
     keys = table.column("page_key").to_pylist()
     pages = table.column("page").to_pylist()
     return PageCache(dict(zip(keys, pages, strict=True)))
