@@ -84,7 +84,7 @@ def build_election_dag(rules: ElectionRules) -> Any:
             from etl.cycle import crawl_batch, run_dir
 
             index = context["ti"].map_index
-            out = run_dir(election_id, context["run_id"]) / f"batch-{index}.json"
+            out = run_dir(election_id, context["run_id"]) / f"batch-{index}.arrow"
             return str(crawl_batch(config.portal_url(), election_id, contests, out, lang=rules.lang))
 
         @task

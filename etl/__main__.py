@@ -198,7 +198,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
 
     batch = cycle.crawl_batch(
         portal, args.election, detection.contests,
-        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.json",
+        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.arrow",
         lang=args.lang, processes=args.processes, concurrency=args.concurrency,
         archive_root=args.raw_dir, deadline=deadline, while_crawling=cycle.warm_quality_gate,
         batches=1)  # one crawl task: it has every core
