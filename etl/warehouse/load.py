@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -239,39 +240,29 @@ def _store_versions(
     simply stays current; the others are closed at the previous snapshot, and the new
     snapshot's other rows become new current versions.
     """
-    rows = snapshot_rows.append_column(
-        "valid_from_seq", pa.array([load_seq] * snapshot_rows.num_rows, pa.int64())
-    )
     current = db.query(
         f"SELECT 1 FROM {table.name} WHERE election_id = ? AND valid_to_seq IS NULL LIMIT 1",
         [election_id],
     )
     if not current:
-        return db.bulk_insert(table.name, rows)
-    staging = f"staged_{table.name}"
-    db.execute(f"CREATE TEMPORARY TABLE {staging} AS SELECT * FROM {table.name} WHERE 1 = 0")
-    db.bulk_insert(staging, rows)
+        first = pa.array(np.full(snapshot_rows.num_rows, load_seq, dtype=np.int64))
+        return db.bulk_insert(table.name, snapshot_rows.append_column("valid_from_seq", first))
     same_key = " AND ".join(f"s.{c} = v.{c}" for c in table.key)
     same_values = " AND ".join(f"s.{c} IS NOT DISTINCT FROM v.{c}" for c in table.values)
-    db.execute(
-        f"UPDATE {table.name} AS v SET valid_to_seq = ?"
-        " WHERE v.election_id = ? AND v.valid_to_seq IS NULL AND NOT EXISTS ("
-        f"SELECT 1 FROM {staging} AS s WHERE {same_key} AND {same_values})",
-        [previous_seq, election_id],
-    )
-    columns = ", ".join((*table.columns, "valid_from_seq"))
-    db.execute(
-        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {staging} AS s"
-        f" WHERE NOT EXISTS (SELECT 1 FROM {table.name} AS v WHERE v.election_id = ?"
-        f" AND v.valid_to_seq IS NULL AND {same_key})",
-        [election_id],
-    )
-    written = db.query(
-        f"SELECT count(*) FROM {table.name} WHERE election_id = ? AND valid_from_seq = ?",
-        [election_id, load_seq],
-    )[0][0]
-    db.execute(f"DROP TABLE {staging}")
-    return int(written)
+    columns = ", ".join(table.columns)
+    with db.staged(snapshot_rows, like=table.name) as staging:
+        db.write(
+            f"UPDATE {table.name} AS v SET valid_to_seq = ?"
+            " WHERE v.election_id = ? AND v.valid_to_seq IS NULL AND NOT EXISTS ("
+            f"SELECT 1 FROM {staging} AS s WHERE {same_key} AND {same_values})",
+            [previous_seq, election_id],
+        )
+        return db.write(
+            f"INSERT INTO {table.name} ({columns}, valid_from_seq) SELECT {columns}, ?"
+            f" FROM {staging} AS s WHERE NOT EXISTS (SELECT 1 FROM {table.name} AS v"
+            f" WHERE v.election_id = ? AND v.valid_to_seq IS NULL AND {same_key})",
+            [load_seq, election_id],
+        )
 
 
 def _remove_snapshot(db: Backend, snapshot_id: str) -> None:
