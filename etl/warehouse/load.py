@@ -250,19 +250,38 @@ def _store_versions(
     same_key = " AND ".join(f"s.{c} = v.{c}" for c in table.key)
     same_values = " AND ".join(f"s.{c} IS NOT DISTINCT FROM v.{c}" for c in table.values)
     columns = ", ".join(table.columns)
+    changes = f"changed_{table.name}"
     with db.staged(snapshot_rows, like=table.name) as staging:
+        # One pass over the snapshot and the current versions (a full join on the key):
+        # the rows that differ, new ones (no current version) and current versions the
+        # snapshot no longer has. Two anti-joins cost twice as much at 2.4 M rows.
+        db.execute(
+            f"CREATE TEMPORARY TABLE {changes} AS SELECT"
+            f" {', '.join(f's.{c}' for c in table.columns)},"
+            f" {', '.join(f'v.{c} AS current_{c}' for c in table.key)},"
+            " v.valid_from_seq AS current_from_seq"
+            f" FROM {staging} AS s FULL JOIN ("
+            f"SELECT {', '.join((*table.key, *table.values))}, valid_from_seq FROM {table.name}"
+            " WHERE election_id = ? AND valid_to_seq IS NULL) AS v ON "
+            f"{same_key} WHERE s.snapshot_id IS NULL OR v.valid_from_seq IS NULL"
+            f" OR NOT ({same_values})",
+            [election_id],
+        )
+        current_key = " AND ".join(f"v.{c} = c.current_{c}" for c in table.key)
         db.write(
-            f"UPDATE {table.name} AS v SET valid_to_seq = ?"
-            " WHERE v.election_id = ? AND v.valid_to_seq IS NULL AND NOT EXISTS ("
-            f"SELECT 1 FROM {staging} AS s WHERE {same_key} AND {same_values})",
+            f"UPDATE {table.name} AS v SET valid_to_seq = ? FROM {changes} AS c"
+            " WHERE v.election_id = ? AND v.valid_to_seq IS NULL"
+            f" AND v.valid_from_seq = c.current_from_seq AND {current_key}",
             [previous_seq, election_id],
         )
-        return db.write(
+        written = db.write(
             f"INSERT INTO {table.name} ({columns}, valid_from_seq) SELECT {columns}, ?"
-            f" FROM {staging} AS s WHERE NOT EXISTS (SELECT 1 FROM {table.name} AS v"
-            f" WHERE v.election_id = ? AND v.valid_to_seq IS NULL AND {same_key})",
-            [load_seq, election_id],
+            # in key order, as the first load: the primary-key index is appended to
+            f" FROM {changes} WHERE snapshot_id IS NOT NULL ORDER BY {', '.join(table.key)}",
+            [load_seq],
         )
+        db.execute(f"DROP TABLE {changes}")
+    return written
 
 
 def _remove_snapshot(db: Backend, snapshot_id: str) -> None:
