@@ -10,6 +10,9 @@ staging, the transaction, the commit) of:
 - `first`: a snapshot into the empty warehouse (every row is new);
 - `next`: with a synthetic source, a later snapshot of the same night (the last 5% of the
   precincts counted), stored as versions: only the changed rows are written;
+- `restamp`: `next` again under a new snapshot id and a later portal time, nothing else
+  changed (the portal re-stamps its pages at every update): no row of divisions, turnout
+  or results is written;
 - `latest_results` for one precinct (the median of 20 reads) and its `EXPLAIN ANALYZE`.
 
 Without --snapshot-dir the snapshots come from the synthetic-election generator
@@ -18,24 +21,35 @@ constituencies: about 5,000 divisions and 70,000 result lines), or --precincts N
 regions of 50 districts, a party list and 36 constituencies). Targets: kg2021 size, first
 load ≤ 2 s DuckDB / ≤ 5 s PostgreSQL; at 100,000 precincts, PostgreSQL load ≤ 30 s and
 `latest_results` for one division ≤ 50 ms. Exit 1 when a median misses its target.
+
+Besides wall time, each load's CPU seconds are recorded: the loading process's (user + sys,
+all its threads) and, for PostgreSQL, the server backend's that served the load (read from
+/proc when the server runs on this machine), since the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from bench import save_report
 from etl.warehouse import load_snapshot, migrate
-from etl.warehouse.backends import connect
+from etl.warehouse.backends import PostgresBackend, connect
 from tests.scratch import ADMIN_URL_ENV, DEFAULT_ADMIN_URL, scratch_database, scratch_schema_url
 from tests.synthetic import warehouse_snapshot
 
@@ -51,7 +65,8 @@ LATEST_ONE_DIVISION = (
 
 
 def synthetic_dirs(root: Path, precincts: int | None) -> dict[str, Path]:
-    """The `first` (95% counted) and `next` (all counted) snapshots of a synthetic night."""
+    """The `first` (95% counted), `next` (all counted) and `restamp` (`next` re-stamped)
+    snapshots of a synthetic night."""
     dirs = {}
     for name, counted in (("first", 0.95), ("next", 1.0)):
         started = time.perf_counter()
@@ -65,13 +80,64 @@ def synthetic_dirs(root: Path, precincts: int | None) -> dict[str, Path]:
         log.info("generated %s: %d divisions, %d result lines in %.1fs", name,
                  len(snapshot.divisions), len(snapshot.results), time.perf_counter() - started)
         del snapshot
+    dirs["restamp"] = restamped(dirs["next"], root / "restamp")
     return dirs
+
+
+def restamped(snapshot_dir: Path, out: Path) -> Path:
+    """A copy of a snapshot directory under a new id, 15 minutes later: same rows."""
+    meta = json.loads((snapshot_dir / "snapshot.json").read_text(encoding="utf-8"))
+    snapshot_id = f"{meta['snapshot_id']}-restamped"
+    out.mkdir(parents=True, exist_ok=True)
+    for path in snapshot_dir.glob("*.parquet"):
+        table = pq.read_table(path)
+        at = table.schema.get_field_index("snapshot_id")
+        ids = pa.array([snapshot_id] * table.num_rows, table.schema.field(at).type)
+        pq.write_table(table.set_column(at, table.schema.field(at), ids), out / path.name)
+    later = {key: (datetime.fromisoformat(meta[key].replace("Z", "+00:00"))
+                   + timedelta(minutes=15)).isoformat()
+             for key in ("portal_updated_at", "fetched_at") if meta.get(key)}
+    (out / "snapshot.json").write_text(
+        json.dumps({**meta, **later, "snapshot_id": snapshot_id}), encoding="utf-8")
+    return out
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextmanager
+def server_cpu(seconds: list[float]) -> Any:
+    """Append the CPU seconds of each PostgreSQL backend the loader closes (from /proc).
+
+    A benchmark-only wrapper of `close`: the backend process ends with the connection, so
+    its CPU is read just before. Nothing is appended when the server is on another machine.
+    """
+    close = PostgresBackend.close
+
+    def close_after_reading_its_cpu(self: PostgresBackend) -> None:
+        stat = Path(f"/proc/{self.connection.info.backend_pid}/stat")
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            seconds.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        except (OSError, IndexError, ValueError):
+            pass
+        close(self)
+
+    PostgresBackend.close = close_after_reading_its_cpu  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PostgresBackend.close = close  # type: ignore[method-assign]
 
 
 def run_backend(dirs: dict[str, Path], fresh_url: Callable[[], str], repeat: int,
                 precinct: str) -> dict[str, Any]:
     """Timings of `repeat` runs, each into a new empty (already migrated) warehouse."""
     loads: dict[str, list[float]] = {name: [] for name in dirs}
+    cpu: dict[str, list[float]] = {name: [] for name in dirs}
+    server: dict[str, list[float]] = {name: [] for name in dirs}
     reads: list[float] = []
     plan = ""
     rows: dict[str, Any] = {}
@@ -79,12 +145,17 @@ def run_backend(dirs: dict[str, Path], fresh_url: Callable[[], str], repeat: int
         url = fresh_url()
         migrate(url)  # schema creation is a one-off, not part of a snapshot's load
         for name, directory in dirs.items():
-            started = time.perf_counter()
-            summary = load_snapshot(url, directory)
+            backend_cpu: list[float] = []
+            started, cpu_started = time.perf_counter(), _cpu_seconds()
+            with server_cpu(backend_cpu):
+                summary = load_snapshot(url, directory)
             loads[name].append(time.perf_counter() - started)
+            cpu[name].append(_cpu_seconds() - cpu_started)
+            server[name].append(sum(backend_cpu))
             rows[name] = {"snapshot": dict(summary.rows), "stored": dict(summary.rows_stored)}
-            log.info("%s %s: %.2fs, results stored %d of %d", url.split(":")[0], name,
-                     loads[name][-1], summary.rows_stored["results"], summary.rows["results"])
+            log.info("%s %s: %.2fs wall, %.2f CPU s (+ %.2f s server), results stored %d of %d",
+                     url.split(":")[0], name, loads[name][-1], cpu[name][-1], server[name][-1],
+                     summary.rows_stored["results"], summary.rows["results"])
         with connect(url) as db:
             if db.dialect == "postgres":
                 db.execute("ANALYZE")  # autovacuum would, a moment later
@@ -100,7 +171,9 @@ def run_backend(dirs: dict[str, Path], fresh_url: Callable[[], str], repeat: int
                 f"{explain} {LATEST_ONE_DIVISION}", ["jk2021", precinct]))
     return {
         "loads": {name: {"runs": [round(s, 3) for s in runs],
-                         "median": round(statistics.median(runs), 3)}
+                         "median": round(statistics.median(runs), 3),
+                         "cpu_s": [round(s, 3) for s in cpu[name]],
+                         "server_cpu_s": [round(s, 3) for s in server[name]]}
                   for name, runs in loads.items()},
         "latest_results_one_division": {"median_ms": round(statistics.median(reads) * 1000, 2),
                                         "max_ms": round(max(reads) * 1000, 2)},
@@ -159,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         read_ms = result["latest_results_one_division"]["median_ms"]
         result["read_met"] = read_ms <= QUERY_TARGET_S * 1000 if scale else None
         met = met and result["load_met"] and result["read_met"] is not False
-        loads = ", ".join(f"{load} median {v['median']:.2f}s (runs {v['runs']})"
-                          for load, v in result["loads"].items())
+        loads = ", ".join(
+            f"{load} median {v['median']:.2f}s (runs {v['runs']}, CPU s {v['cpu_s']}"
+            f"{', server CPU s ' + str(v['server_cpu_s']) if name == 'postgres' else ''})"
+            for load, v in result["loads"].items())
         print(f"{name:8} {loads}; latest_results one division {read_ms:.1f} ms"
               f"{'' if target is None else f'; load target <= {target:.0f}s: '}"
               f"{'' if target is None else ('met' if result['load_met'] else 'MISSED')}")

@@ -12,7 +12,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 # A DuckDB file is locked by its writer; a reader (or a loader) that finds it locked waits
 # this long for the other process to close it before giving up.
 DUCKDB_LOCK_WAIT_SECONDS = 30.0
+# PostgreSQL's work_mem for the load transaction's joins with a staged snapshot (SET LOCAL:
+# the transaction only). A snapshot of 100,000 precincts hashes ~2.4 M result keys.
+STAGED_WORK_MEM = "256MB"
+# Rows per CSV chunk sent to PostgreSQL's COPY.
+COPY_BATCH_ROWS = 50_000
 
 
 class WarehouseURLError(ValueError):
@@ -40,6 +45,17 @@ class Backend(ABC):
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one statement."""
+
+    @abstractmethod
+    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one INSERT, UPDATE or DELETE; return the rows it changed."""
+
+    @abstractmethod
+    def staged(self, rows: pa.Table, like: str) -> AbstractContextManager[str]:
+        """Make an Arrow table readable by SQL with the column types of table `like`.
+
+        Inside a transaction; the context gives the relation's name and drops it on exit.
+        """
 
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -152,6 +168,21 @@ class DuckDBBackend(Backend):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.connection.execute(sql, list(params))
 
+    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        changed = self.connection.execute(sql, list(params)).fetchone()
+        return int(changed[0]) if changed else 0
+
+    @contextmanager
+    def staged(self, rows: pa.Table, like: str) -> Iterator[str]:
+        # DuckDB reads the Arrow table in place: no copy into a temporary table.
+        self._staged += 1
+        view = f"staged_{like}_{self._staged}"
+        self.connection.register(view, rows)
+        try:
+            yield view
+        finally:
+            self.connection.unregister(view)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.connection.execute(sql, list(params)).fetchall()
 
@@ -204,6 +235,24 @@ class PostgresBackend(Backend):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.connection.execute(self._sql(sql), list(params))
 
+    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.connection.execute(self._sql(sql), list(params)).rowcount
+
+    @contextmanager
+    def staged(self, rows: pa.Table, like: str) -> Iterator[str]:
+        name = f"staged_{like}"
+        columns = ", ".join(rows.column_names)
+        self.execute(f"CREATE TEMPORARY TABLE {name} AS SELECT {columns} FROM {like} LIMIT 0")
+        self.bulk_insert(name, rows)
+        # Memory for the hash join with the current versions (the default work_mem, 4 MB,
+        # spills millions of rows to disk in batches). No ANALYZE: the planner sizes the
+        # table from its pages, and at kg2021's size ANALYZE cost more than it saved.
+        self.execute(f"SET LOCAL work_mem = '{STAGED_WORK_MEM}'")
+        yield name
+        # Not in a `finally`: after an error the transaction is aborted and its rollback
+        # takes the table with it.
+        self.execute(f"DROP TABLE {name}")
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cursor = self.connection.execute(self._sql(sql), list(params))
         return cursor.fetchall()
@@ -218,13 +267,17 @@ class PostgresBackend(Backend):
             return 0
         # CSV written by Arrow: nulls are empty and unquoted, every string is quoted, so
         # COPY tells NULL from '' and quotes, commas and newlines in names round-trip.
-        buffer = io.BytesIO()
-        pa_csv.write_csv(rows, buffer, pa_csv.WriteOptions(include_header=False))
+        # Sent in batches: the server parses one while Arrow writes the next (two processes,
+        # two cores), and no CSV of the whole table is held in memory.
+        options = pa_csv.WriteOptions(include_header=False)
         columns = ", ".join(rows.column_names)
         with self.connection.cursor() as cursor, cursor.copy(
             f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)"
         ) as copy:
-            copy.write(buffer.getbuffer())
+            for batch in rows.to_batches(max_chunksize=COPY_BATCH_ROWS):
+                buffer = io.BytesIO()
+                pa_csv.write_csv(batch, buffer, options)
+                copy.write(buffer.getbuffer())
         return rows.num_rows
 
     def lock(self, key: str) -> None:

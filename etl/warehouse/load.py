@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -239,39 +240,48 @@ def _store_versions(
     simply stays current; the others are closed at the previous snapshot, and the new
     snapshot's other rows become new current versions.
     """
-    rows = snapshot_rows.append_column(
-        "valid_from_seq", pa.array([load_seq] * snapshot_rows.num_rows, pa.int64())
-    )
     current = db.query(
         f"SELECT 1 FROM {table.name} WHERE election_id = ? AND valid_to_seq IS NULL LIMIT 1",
         [election_id],
     )
     if not current:
-        return db.bulk_insert(table.name, rows)
-    staging = f"staged_{table.name}"
-    db.execute(f"CREATE TEMPORARY TABLE {staging} AS SELECT * FROM {table.name} WHERE 1 = 0")
-    db.bulk_insert(staging, rows)
+        first = pa.array(np.full(snapshot_rows.num_rows, load_seq, dtype=np.int64))
+        return db.bulk_insert(table.name, snapshot_rows.append_column("valid_from_seq", first))
     same_key = " AND ".join(f"s.{c} = v.{c}" for c in table.key)
     same_values = " AND ".join(f"s.{c} IS NOT DISTINCT FROM v.{c}" for c in table.values)
-    db.execute(
-        f"UPDATE {table.name} AS v SET valid_to_seq = ?"
-        " WHERE v.election_id = ? AND v.valid_to_seq IS NULL AND NOT EXISTS ("
-        f"SELECT 1 FROM {staging} AS s WHERE {same_key} AND {same_values})",
-        [previous_seq, election_id],
-    )
-    columns = ", ".join((*table.columns, "valid_from_seq"))
-    db.execute(
-        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {staging} AS s"
-        f" WHERE NOT EXISTS (SELECT 1 FROM {table.name} AS v WHERE v.election_id = ?"
-        f" AND v.valid_to_seq IS NULL AND {same_key})",
-        [election_id],
-    )
-    written = db.query(
-        f"SELECT count(*) FROM {table.name} WHERE election_id = ? AND valid_from_seq = ?",
-        [election_id, load_seq],
-    )[0][0]
-    db.execute(f"DROP TABLE {staging}")
-    return int(written)
+    columns = ", ".join(table.columns)
+    changes = f"changed_{table.name}"
+    with db.staged(snapshot_rows, like=table.name) as staging:
+        # One pass over the snapshot and the current versions (a full join on the key):
+        # the rows that differ, new ones (no current version) and current versions the
+        # snapshot no longer has. Two anti-joins cost twice as much at 2.4 M rows.
+        db.execute(
+            f"CREATE TEMPORARY TABLE {changes} AS SELECT"
+            f" {', '.join(f's.{c}' for c in table.columns)},"
+            f" {', '.join(f'v.{c} AS current_{c}' for c in table.key)},"
+            " v.valid_from_seq AS current_from_seq"
+            f" FROM {staging} AS s FULL JOIN ("
+            f"SELECT {', '.join((*table.key, *table.values))}, valid_from_seq FROM {table.name}"
+            " WHERE election_id = ? AND valid_to_seq IS NULL) AS v ON "
+            f"{same_key} WHERE s.snapshot_id IS NULL OR v.valid_from_seq IS NULL"
+            f" OR NOT ({same_values})",
+            [election_id],
+        )
+        current_key = " AND ".join(f"v.{c} = c.current_{c}" for c in table.key)
+        db.write(
+            f"UPDATE {table.name} AS v SET valid_to_seq = ? FROM {changes} AS c"
+            " WHERE v.election_id = ? AND v.valid_to_seq IS NULL"
+            f" AND v.valid_from_seq = c.current_from_seq AND {current_key}",
+            [previous_seq, election_id],
+        )
+        written = db.write(
+            f"INSERT INTO {table.name} ({columns}, valid_from_seq) SELECT {columns}, ?"
+            # in key order, as the first load: the primary-key index is appended to
+            f" FROM {changes} WHERE snapshot_id IS NOT NULL ORDER BY {', '.join(table.key)}",
+            [load_seq],
+        )
+        db.execute(f"DROP TABLE {changes}")
+    return written
 
 
 def _remove_snapshot(db: Backend, snapshot_id: str) -> None:
