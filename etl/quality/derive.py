@@ -105,16 +105,17 @@ def _joint_codes(parts: Sequence[pd.Series]) -> tuple[list[np.ndarray], int]:
     """Codes of the values of several columns in one vocabulary (missing is a value).
 
     Each column is factorised on its own (Arrow's dictionary encoding, no copy of the
-    strings) and only the distinct values are matched across columns.
+    strings), then only the distinct values are factorised together.
     """
     factorised = [pd.factorize(part.array) for part in parts]
-    vocabulary = pd.Index(
-        np.concatenate([np.asarray(uniques, dtype=object) for _, uniques in factorised])
-    ).unique()
+    joined = pd.concat([pd.Series(uniques) for _, uniques in factorised], ignore_index=True)
+    vocabulary_codes, vocabulary = pd.factorize(joined.array)
     missing = len(vocabulary)  # the code of a missing value
     codes = []
+    start = 0
     for part_codes, uniques in factorised:
-        mapped = np.append(vocabulary.get_indexer(np.asarray(uniques, dtype=object)), missing)
+        mapped = np.append(vocabulary_codes[start : start + len(uniques)], missing)
+        start += len(uniques)
         codes.append(mapped[part_codes].astype(np.int64))
     return codes, missing + 1
 
