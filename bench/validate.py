@@ -47,6 +47,7 @@ log = logging.getLogger("bench.validate")
 
 TARGET_SECONDS = 3.0
 TARGET_PEAK_MIB = 2048
+SCALE_ROWS = 500_000  # result rows from which a snapshot is issue 9's scale, not kg2021's
 FINAL_SIZE: dict[str, Any] = {
     "n_lines": 21,
     "regions": 10,
@@ -212,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "failure_rows": int(dq["division_id"].notna().sum()),
         "critical_contests": sorted(outcome.critical_contests),
-        "target_s": TARGET_SECONDS if args.precincts is None else None,
+        # The time target is kg2021's (issue 8); at scale only the memory budget applies.
+        "target_s": TARGET_SECONDS if frames["results"] < SCALE_ROWS else None,
         "target_peak_rss_mib": TARGET_PEAK_MIB,
     }
     results_file = save_report(
         args.name or (f"validate-{args.precincts}" if args.precincts else "validate"), summary)
-    met_time = args.precincts is not None or summary["validate_median_s"] <= TARGET_SECONDS
+    met_time = summary["target_s"] is None or summary["validate_median_s"] <= TARGET_SECONDS
     met_memory = peak <= TARGET_PEAK_MIB
     print(
         f"validate {summary['snapshot']} ({frames['divisions']} divisions, "

@@ -122,7 +122,17 @@ def _joint_codes(parts: Sequence[pd.Series]) -> tuple[list[np.ndarray], int]:
 
 def _dense(parts: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
     """Integer codes of several arrays renumbered 0..n-1 in one vocabulary."""
-    codes, uniques = pd.factorize(np.concatenate(parts))
+    joined = np.concatenate(parts)
+    low = int(joined.min()) if len(joined) else 0
+    span = int(joined.max()) - low + 1 if len(joined) else 0
+    if span <= 4 * len(joined) + 1024:
+        # Codes from a small range (the usual case): mark and rank them, no hashing.
+        seen = np.zeros(span, dtype=bool)
+        seen[joined - low] = True
+        codes = (np.cumsum(seen) - 1)[joined - low]
+        uniques = np.flatnonzero(seen)
+    else:
+        codes, uniques = pd.factorize(joined)
     bounds = np.cumsum([0, *(len(p) for p in parts)])
     return [codes[a:b].astype(np.int64) for a, b in pairwise(bounds)], len(uniques)
 
