@@ -87,22 +87,29 @@ def run_checks(
         else None
     )
 
-    frames = derived_frames(divisions, turnout, results, snapshot_meta, before, settings)
+    keyed = derive.with_keys(divisions, turnout, results, before)
+    frames, compared = derived_frames(
+        keyed, snapshot_meta, settings,
+        leave_out_unchanged=_unchanged_values_pass(runner.specs.get("revisions")),
+    )
     _check_suites_complete(runner.specs, expectations_dir)
     names = DivisionNames.from_divisions(divisions)
     parameters = settings.suite_parameters()
     checked: dict[tuple[str, str], int] = {}
     found: list[pd.DataFrame] = []
     for suite, frame in frames.items():
-        per_contest = frame["contest_id"].value_counts(dropna=True).to_dict()
-        reported: dict[str, set[int]] = {}
-        counted_checks: set[str] = set()
-        for outcome in runner.run(suite, frame, parameters):
-            if outcome.check_id not in counted_checks:
-                counted_checks.add(outcome.check_id)
+        # What a suite checked: its frame's rows, or the comparisons a pruned frame
+        # stands for (`compared`); an empty frame that stands for nothing checked nothing.
+        per_contest = compared.get(suite)
+        if per_contest is None:
+            per_contest = frame["contest_id"].value_counts(dropna=True).to_dict()
+        if len(frame) or any(per_contest.values()):
+            for check_id in dict.fromkeys(runner.check_ids(suite)):
                 for contest, n in per_contest.items():
-                    key = (outcome.check_id, str(contest))
+                    key = (check_id, str(contest))
                     checked[key] = checked.get(key, 0) + int(n)
+        reported: dict[str, set[int]] = {}
+        for outcome in runner.run(suite, frame, parameters):
             rows = list(outcome.failing_rows)
             if CHECKS_BY_ID[outcome.check_id].one_failure_per_row:
                 seen = reported.setdefault(outcome.check_id, set())
@@ -137,38 +144,69 @@ def run_checks(
 
 
 def derived_frames(
-    divisions: pd.DataFrame,
-    turnout: pd.DataFrame,
-    results: pd.DataFrame,
+    keyed: derive.KeyedFrames,
     snapshot_meta: dict[str, Any],
-    previous: derive.PreviousSnapshot | None,
     settings: QualityConfig,
-) -> dict[str, pd.DataFrame]:
-    """Every frame a suite validates, by suite name (see `etl.quality.derive`)."""
-    keyed = derive.keyed_results(results, turnout)
-    lines = derive.contest_lines(divisions, keyed)
+    *,
+    leave_out_unchanged: bool = True,
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, int]]]:
+    """Every frame a suite validates, by suite name (see `etl.quality.derive`), and for a
+    frame that leaves out comparisons that cannot fail, how many it stands for per contest.
+    """
+    divisions, turnout, results, previous = (
+        keyed.divisions, keyed.turnout, keyed.results, keyed.previous
+    )
+    keyed_results = derive.keyed_results(results, turnout)
+    lines = derive.contest_lines(divisions, keyed_results)
     frames = {
         "divisions": divisions,
         "turnout": turnout.reset_index(drop=True),
-        "results": keyed,
+        "results": keyed_results,
         "division_pct_sums": derive.division_pct_sums(
             results, settings.pct_sum_tolerance_per_line
         ),
-        "line_coverage": derive.line_coverage(divisions, turnout, keyed, lines),
-        "protocol_identities": derive.protocol_identities(turnout, keyed, lines),
+        "line_coverage": derive.line_coverage(
+            divisions, turnout, keyed_results, lines, keyed.n_lines
+        ),
+        "protocol_identities": derive.protocol_identities(turnout, keyed_results, lines),
         # A contest that lost pages has parents whose missing children cannot be summed.
         "reconciliation": derive.reconciliation(
-            divisions, turnout, keyed, derive.contests_with_failures(snapshot_meta)
+            divisions, turnout, keyed_results, keyed.n_lines,
+            derive.contests_with_failures(snapshot_meta),
         ),
         "coverage": derive.coverage(divisions, turnout, snapshot_meta, previous),
         "number_cells": derive.number_cells(divisions, snapshot_meta),
     }
+    compared: dict[str, dict[str, int]] = {}
     if previous is not None:
-        frames["revisions"] = derive.revisions(turnout, keyed, previous)
+        revisions = derive.revisions(
+            turnout, keyed_results, previous, leave_out_unchanged=leave_out_unchanged
+        )
+        frames["revisions"] = revisions.frame
+        compared["revisions"] = revisions.compared
         frames["swings"] = derive.swings(
             divisions, turnout, results, previous, settings.swing_min_progress_pp
         )
-    return frames
+    return frames, compared
+
+
+def _unchanged_values_pass(spec: Any) -> bool:
+    """Whether W2's suite passes a value compared with itself, so such rows may be left out.
+
+    True only for the rule as shipped: `current >= previous` (or_equal), nothing else in
+    the suite. A suite changed otherwise gets every comparison, as before.
+    """
+    if spec is None:
+        return False
+    expectations = spec.body.get("expectations", [])
+    return bool(expectations) and all(
+        e.get("type") == "expect_column_pair_values_a_to_be_greater_than_b"
+        and (e.get("kwargs") or {}).get("column_A") == "current"
+        and (e.get("kwargs") or {}).get("column_B") == "previous"
+        and (e.get("kwargs") or {}).get("or_equal") is True
+        and not (e.get("kwargs") or {}).get("row_condition")
+        for e in expectations
+    )
 
 
 def critical_contests(dq_results: pd.DataFrame) -> frozenset[str]:
@@ -264,8 +302,8 @@ def rows_to_check(
         "divisions": divisions["contest_id"].value_counts().to_dict(),
         "turnout": turnout["contest_id"].value_counts().to_dict(),
         "results": results["contest_id"].value_counts().to_dict(),
-        "voted": results.loc[results["votes"].fillna(0) > 0]
-        .drop_duplicates(["contest_id", "division_id"])["contest_id"].value_counts().to_dict(),
+        "voted": results.loc[results["votes"].fillna(0) > 0, ["contest_id", "division_id"]]
+        .drop_duplicates()["contest_id"].value_counts().to_dict(),
         "voted_rows": results.loc[results["votes"].fillna(0) > 0, "contest_id"]
         .value_counts().to_dict(),
     }

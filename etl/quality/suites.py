@@ -31,6 +31,7 @@ RESULT_FORMAT: dict[str, Any] = {
     "result_format": "COMPLETE",
     "partial_unexpected_count": 0,
     "include_unexpected_rows": False,
+    "return_unexpected_index_query": False,
 }
 
 
@@ -117,6 +118,7 @@ class SuiteRunner:
             self._suites[name] = self._context.suites.add(gx.ExpectationSuite(**spec.body))
             asset = source.add_dataframe_asset(name=name)
             self._batch_definitions[name] = asset.add_batch_definition_whole_dataframe(name)
+        self._columns = {name: suite_columns(spec.body) for name, spec in self.specs.items()}
         # GX contexts are not documented as thread-safe; the DAG may run tasks in threads.
         self._lock = threading.Lock()
         log.info(
@@ -134,7 +136,7 @@ class SuiteRunner:
             return []
         with self._lock:
             batch = self._batch_definitions[suite].get_batch(
-                batch_parameters={"dataframe": numpy_numbers(frame)}
+                batch_parameters={"dataframe": batch_frame(frame, self._columns[suite])}
             )
             validation = batch.validate(
                 self._suites[suite], result_format=RESULT_FORMAT, expectation_parameters=parameters
@@ -169,6 +171,39 @@ class SuiteRunner:
                 )
             )
         return outcomes
+
+
+    def check_ids(self, suite: str) -> list[str]:
+        """The checks `suite`'s expectations belong to, in the suite's order."""
+        return [
+            str((expectation.get("meta") or {}).get("check_id"))
+            for expectation in self.specs[suite].body.get("expectations", [])
+        ]
+
+
+def suite_columns(body: dict[str, Any]) -> list[str]:
+    """The columns a suite's expectations name, in order of first mention."""
+    columns: dict[str, None] = {}
+    for expectation in body.get("expectations", []):
+        kwargs = expectation.get("kwargs") or {}
+        for key in ("column", "column_A", "column_B"):
+            if isinstance(kwargs.get(key), str):
+                columns[kwargs[key]] = None
+        for column in kwargs.get("column_list") or ():
+            columns[str(column)] = None
+    return list(columns)
+
+
+def batch_frame(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """What GX validates: the columns the suite names (as `numpy_numbers`), same rows.
+
+    GX copies its batch for column-pair and multi-column expectations (dropping missing
+    values), so handing it only what it reads keeps those copies small. A column the suite
+    names but the frame lacks is passed on untouched: GX then fails the expectation
+    loudly. Row positions are unchanged, so failures still map back to `frame`.
+    """
+    present = [column for column in columns if column in frame.columns]
+    return numpy_numbers(frame[present] if present else frame)
 
 
 def numpy_numbers(frame: pd.DataFrame) -> pd.DataFrame:
