@@ -376,6 +376,8 @@ def assemble_snapshot(
         incoming.rename(target)
     except OSError:  # another run assembled the same state meanwhile
         shutil.rmtree(incoming, ignore_errors=True)
+    log.info("snapshot %s assembled from %d staged batches at %s", meta["snapshot_id"],
+             len(batch_paths), target)
     return target
 
 
