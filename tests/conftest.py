@@ -33,16 +33,26 @@ _ISOLATED_ENV = (
 )
 
 
-# The files that take longest (module fixtures replaying a night, a Celery cluster), longest
-# first. xdist's `--dist loadfile` hands files out in collection order, so starting these
-# first keeps a long file from being the last one a worker picks up while the other idles
-# (longest-processing-time-first scheduling). Seconds: one `-n 2` run, see README "Running
-# the tests". Files not listed keep their order, after these.
+# The files that take longest (module fixtures replaying a night, a Celery cluster, many
+# `etl run` processes), longest first. xdist's `--dist loadfile` hands files out in
+# collection order, so starting these first keeps a long file from being the last one a
+# worker picks up while the others idle (longest-processing-time-first scheduling). Order:
+# worker-seconds per file of a whole `-n 2` run (README "Running the tests"); the cluster
+# leads because it mostly waits. Files not listed keep their order, after these.
 SLOW_FILES_FIRST = (
     "test_cluster.py",
-    "test_election_night.py",
     "test_warehouse_versions.py",
+    "test_faults.py",
+    "test_hostile.py",
+    "test_election_night.py",
+    "test_cycle.py",
+    "test_quality.py",
     "test_report.py",
+    "test_warehouse.py",
+    "test_quality_replica.py",
+    "test_fastparse.py",
+    "test_scrape.py",
+    "test_warehouse_kg2021.py",
 )
 
 
