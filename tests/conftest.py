@@ -33,6 +33,42 @@ _ISOLATED_ENV = (
 )
 
 
+# The files that take longest (module fixtures replaying a night, a Celery cluster, many
+# `etl run` processes), longest first. xdist's `--dist loadfile` hands files out in
+# collection order, so starting these first keeps a long file from being the last one a
+# worker picks up while the others idle (longest-processing-time-first scheduling). Order:
+# worker-seconds per file of a whole `-n 2` run (README "Running the tests"); the cluster
+# leads because it mostly waits. Files not listed keep their order, after these.
+SLOW_FILES_FIRST = (
+    "test_cluster.py",
+    "test_warehouse_versions.py",
+    "test_faults.py",
+    "test_hostile.py",
+    "test_election_night.py",
+    "test_cycle.py",
+    "test_quality.py",
+    "test_report.py",
+    "test_warehouse.py",
+    "test_quality_replica.py",
+    "test_fastparse.py",
+    "test_scrape.py",
+    "test_warehouse_kg2021.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist reorders files by their number of tests unless told not to (its
+    # `--loadscope-reorder`, on by default): that puts the few-but-long tests last.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Known-slow files first; the order of tests inside a file is kept (a stable sort)."""
+    rank = {name: index for index, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point CEC_DATA_DIR at a fresh directory for each test."""

@@ -1,8 +1,10 @@
-"""Real receivers on loopback for alert tests: an HTTP server and an SMTP server.
+"""Real servers on loopback for tests: an HTTP server, and receivers for alerts.
 
-`HttpReceiver` captures POSTs (a generic webhook and Slack's incoming webhook alike);
-`SmtpReceiver` is an aiosmtpd server capturing mail. Both are context managers; a test
-module wraps them in fixtures named for the channel they stand in for (`webhook`, `slack`).
+`LoopbackHttpServer` serves any request handler on 127.0.0.1 (a port from the OS) in a
+thread: a static site, a hand-made portal page. `HttpReceiver` captures POSTs (a generic
+webhook and Slack's incoming webhook alike); `SmtpReceiver` is an aiosmtpd server capturing
+mail. All are context managers; a test module wraps them in fixtures named for what they
+stand in for (`webhook`, `slack`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +32,34 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class LoopbackHttpServer:
+    """A threaded HTTP server on 127.0.0.1 answering with `handler`, serving while entered."""
+
+    def __init__(self, handler: Callable[..., BaseHTTPRequestHandler]) -> None:
+        # Bound here, so the port is known before the server is entered.
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:<port>`."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LoopbackHttpServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
 
 
 @dataclass(frozen=True)
@@ -71,18 +102,17 @@ class HttpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 logger.debug("http receiver: " + format, *args)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = LoopbackHttpServer(Handler)
 
     @property
     def port(self) -> int:
         """The port the server listens on."""
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def url(self) -> str:
         """`http://127.0.0.1:<port>` (append any path: every path is captured)."""
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
 
     def posts(self, path: str | None = None) -> list[CapturedRequest]:
         """The POSTs received so far, optionally only those to `path`."""
@@ -90,13 +120,11 @@ class HttpReceiver:
             return [r for r in self.requests if path is None or r.path == path]
 
     def __enter__(self) -> HttpReceiver:
-        self._thread.start()
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.__exit__(*exc)
 
 
 class _MailCollector:

@@ -211,7 +211,7 @@ def test_a_run_survives_a_worker_killed_in_the_middle_of_a_crawl(cluster: Cluste
 
     wait_for(f"the dag-processor to parse {DAG_ID}",
              lambda: metadata(cluster, "SELECT dag_id FROM dag WHERE dag_id = %s AND NOT is_paused",
-                              DAG_ID), timeout=240, every=3)
+                              DAG_ID), timeout=240, every=1)
     run_id = api(cluster, "POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None})["dag_run_id"]
 
     # Both one-slot workers take a crawl batch: the mapped tasks spread over the cluster.
@@ -232,7 +232,7 @@ def test_a_run_survives_a_worker_killed_in_the_middle_of_a_crawl(cluster: Cluste
         lambda: [s for (s,) in metadata(cluster, "SELECT state FROM dag_run WHERE dag_id = %s "
                                                  "AND run_id = %s", DAG_ID, run_id)
                  if s in ("success", "failed")],
-        timeout=RUN_DEADLINE, every=3)
+        timeout=RUN_DEADLINE, every=1)
     tasks = metadata(cluster, "SELECT task_id, map_index, try_number, state, hostname "
                               "FROM task_instance WHERE dag_id = %s AND run_id = %s "
                               "ORDER BY task_id, map_index", DAG_ID, run_id)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from etl_process import etl_env, run_etl
 
 from etl.replica import ReplicaServer
 from etl.replica.process import free_port
@@ -28,11 +29,8 @@ def replica() -> Iterator[ReplicaServer]:
 
 def etl_run(portal: str, warehouse: str, data: Path, *contests: str) -> subprocess.CompletedProcess[str]:
     args = [arg for contest in contests or CONTESTS for arg in ("--contest", contest)]
-    return subprocess.run(
-        [sys.executable, "-m", "etl", "run", "--portal", portal, "--election", "jk2021",
-         "--warehouse", warehouse, *args],
-        env=os.environ | {"CEC_DATA_DIR": str(data)}, cwd=REPO, capture_output=True, text=True,
-        timeout=300, check=False)
+    return run_etl("run", "--portal", portal, "--election", "jk2021", "--warehouse", warehouse,
+                   *args, env=etl_env(data), timeout=300)
 
 
 def rows(warehouse: str, sql: str) -> list[tuple[object, ...]]:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from etl_process import etl_env, run_etl, start_etl
 
 from etl.replica import ReplicaServer
 from etl.replica.process import free_port
@@ -35,18 +34,16 @@ DEADLINE = 300.0
 
 
 def run_args(portal: str, warehouse: str) -> list[str]:
-    return [sys.executable, "-m", "etl", "run", "--portal", portal, "--election", "jk2021",
-            "--warehouse", warehouse, "--contest", CONTEST, "--processes", "1"]
+    return ["run", "--portal", portal, "--election", "jk2021", "--warehouse", warehouse,
+            "--contest", CONTEST, "--processes", "1"]
 
 
 def run_env(data: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CEC_")}
-    return env | {"CEC_DATA_DIR": str(data), "CEC_RETRIES": "0", "CEC_TIMEOUT": "5"} | extra
+    return etl_env(data, inherit_cec=False, CEC_RETRIES="0", CEC_TIMEOUT="5", **extra)
 
 
 def etl_run(portal: str, warehouse: str, data: Path, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(run_args(portal, warehouse), env=run_env(data, **extra), cwd=REPO,
-                          capture_output=True, text=True, timeout=DEADLINE, check=False)
+    return run_etl(*run_args(portal, warehouse), env=run_env(data, **extra), timeout=DEADLINE)
 
 
 class RunningCycle:
@@ -56,9 +53,8 @@ class RunningCycle:
         data.mkdir(parents=True, exist_ok=True)
         self.log = data.parent / f"{data.name}-run-{time.monotonic_ns()}.log"
         self._out = self.log.open("w")
-        self.process = subprocess.Popen(run_args(portal, warehouse), env=run_env(data),
-                                        cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT,
-                                        text=True)
+        self.process = start_etl(*run_args(portal, warehouse), env=run_env(data),
+                                 stdout=self._out, stderr=subprocess.STDOUT)
 
     def wait_for(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + DEADLINE

@@ -3,12 +3,12 @@ unchecked (issue 10, item 9)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from receivers import LoopbackHttpServer
 
 from etl.__main__ import main
 from etl.cycle import UNAVAILABLE, detect_change, reprocess_snapshots
@@ -66,15 +66,8 @@ def hostile_portal() -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with LoopbackHttpServer(Handler) as server:
+        yield server.url
 
 
 def test_a_contest_id_from_the_portal_that_is_a_path_is_refused(hostile_portal: str) -> None:

@@ -10,11 +10,8 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import re
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -22,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from etl_process import etl_env, run_etl
+from receivers import LoopbackHttpServer
 
 from etl.archive import RawArchive
 from etl.replica import ReplicaServer
@@ -53,8 +52,7 @@ class Night:
 
 
 def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "etl", *args], env=os.environ | {"CEC_DATA_DIR": str(data)},
-                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    return run_etl(*args, env=etl_env(data), timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -209,15 +207,8 @@ def served(night: Night) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=str(night.site)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with LoopbackHttpServer(functools.partial(Quiet, directory=str(night.site))) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ view and every snapshot's "as of" rows must be equal, after each load and at the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from warehouse_reference import (
@@ -66,14 +68,41 @@ def night(tmp_path_factory) -> list[Path]:
     return dirs
 
 
-@pytest.fixture
-def reference_url(warehouse_url, tmp_path, request) -> str:
-    """A second, empty warehouse on the same backend, for the full copy."""
-    if warehouse_url.startswith("duckdb"):
-        return f"duckdb:///{tmp_path}/reference.duckdb"
-    from snapshot_factory import postgres_schema_url
+@dataclass(frozen=True)
+class FullCopy:
+    """The night as full copies (schema version 1) on one backend, and what it answered."""
 
-    return postgres_schema_url(request.getfixturevalue("postgres_database_url"))
+    latest_after_each_load: list[dict[str, Any]]  # the views after each snapshot's load
+    answers: dict[str, Any]  # every view and each snapshot's "as of" rows, at the end
+    rows: int  # results rows: every row of every snapshot
+
+
+@pytest.fixture(scope="module")
+def full_copies() -> dict[str, FullCopy]:
+    """Full copies built so far in this module, by backend: both tests compare against the
+    same night, so each backend's copy is loaded once."""
+    return {}
+
+
+@pytest.fixture
+def full_copy(warehouse_url, night, full_copies, tmp_path, request) -> FullCopy:
+    """The full copy on the backend of `warehouse_url` (a second warehouse, built once)."""
+    backend = warehouse_url.split(":", 1)[0]
+    if backend not in full_copies:
+        if backend == "duckdb":
+            reference = f"duckdb:///{tmp_path}/reference.duckdb"
+        else:
+            from snapshot_factory import postgres_schema_url
+
+            reference = postgres_schema_url(request.getfixturevalue("postgres_database_url"))
+        create_v1_schema(reference)
+        after_each = []
+        for directory in night:
+            load_full_copy(reference, directory)
+            after_each.append(answers(reference, versioned=False, as_of=False))
+        full_copies[backend] = FullCopy(after_each, answers(reference, versioned=False),
+                                        count(reference, "SELECT count(*) FROM results"))
+    return full_copies[backend]
 
 
 def count(url: str, sql: str) -> int:
@@ -81,36 +110,29 @@ def count(url: str, sql: str) -> int:
         return int(db.query(sql)[0][0])
 
 
-def test_the_whole_night_answers_like_a_full_copy(warehouse_url, reference_url, night):
-    reference = reference_url
-    create_v1_schema(reference)
+def test_the_whole_night_answers_like_a_full_copy(warehouse_url, full_copy, night):
     statuses = set()
-    for directory in night:
-        load_full_copy(reference, directory)
+    for directory, expected in zip(night, full_copy.latest_after_each_load, strict=True):
         summary = load_snapshot(warehouse_url, directory)
         statuses.update(summary.statuses.values())
         # The latest views move with every load; the "as of" rows are compared below.
-        assert_same_answers(answers(warehouse_url, versioned=True, as_of=False),
-                            answers(reference, versioned=False, as_of=False))
+        assert_same_answers(answers(warehouse_url, versioned=True, as_of=False), expected)
     assert statuses == {"published", "quarantined"}  # okrug-32's duplicate candidate
-    assert_same_answers(answers(warehouse_url, versioned=True),
-                        answers(reference, versioned=False))
+    assert_same_answers(answers(warehouse_url, versioned=True), full_copy.answers)
 
     # Reloading a snapshot in the middle of the night, and the last one, changes no answer.
     for directory in (night[5], night[-1]):
         assert not load_snapshot(warehouse_url, directory, replace=True).is_new
-        assert_same_answers(answers(warehouse_url, versioned=True),
-                            answers(reference, versioned=False))
+        assert_same_answers(answers(warehouse_url, versioned=True), full_copy.answers)
 
     # Storage grows with changes: on these four constituencies 10,074 versions against
     # 40,577 copies (3.4x the largest snapshot, whose root lines are a large share; the
     # 3x target of the whole portal is measured by bench/storage.py).
-    copies = count(reference, "SELECT count(*) FROM results")
     stored = count(warehouse_url, "SELECT count(*) FROM results")
-    assert 0 < stored < copies / 3, (stored, copies)
+    assert 0 < stored < full_copy.rows / 3, (stored, full_copy.rows)
 
 
-def test_migration_from_full_copies_keeps_every_answer(warehouse_url, reference_url, night):
+def test_migration_from_full_copies_keeps_every_answer(warehouse_url, full_copy, night):
     create_v1_schema(warehouse_url)
     half = len(night) // 2
     for directory in night[:half]:
@@ -123,11 +145,6 @@ def test_migration_from_full_copies_keeps_every_answer(warehouse_url, reference_
     assert count(warehouse_url, "SELECT count(*) FROM results") < copies
 
     # The migrated warehouse goes on loading, sharing rows with the migrated versions.
-    reference = reference_url
-    create_v1_schema(reference)
-    for directory in night:
-        load_full_copy(reference, directory)
     for directory in night[half:]:
         assert load_snapshot(warehouse_url, directory).is_new
-    assert_same_answers(answers(warehouse_url, versioned=True),
-                        answers(reference, versioned=False))
+    assert_same_answers(answers(warehouse_url, versioned=True), full_copy.answers)

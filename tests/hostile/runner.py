@@ -13,7 +13,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.etl_process import run_etl
 from tests.hostile.server import HostileServer, Mutation, unchanged
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,9 +189,7 @@ def run_subprocess(base_url: str, env: Mapping[str, str], data_dir: Path,
     started = time.perf_counter()
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
     try:
-        proc = subprocess.run([sys.executable, "-m", "etl", *args], cwd=REPO, env=full_env,
-                              capture_output=True, text=True, timeout=CASE_TIMEOUT_S,
-                              preexec_fn=preexec, check=False)
+        proc = run_etl(*args, env=full_env, timeout=CASE_TIMEOUT_S, preexec_fn=preexec)
         code: int | None = proc.returncode
         stdout, stderr = proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
