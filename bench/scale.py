@@ -8,9 +8,11 @@ file, `python -m etl run` in a new process. Incremental cycle: the replica moves
 `final` (5% of the precincts recounted: ~5% of the pages change) and `etl run` runs again
 on the same data directory and warehouse. For each cycle: wall seconds, seconds per stage
 (from the run's own log lines), pages and pages/s of the crawl, rows, and the peak memory
-of the whole `etl run` process tree (the RSS of the process and every child summed, sampled
-every 0.2 s; forked workers' shared pages are counted once per process, so this is an
-upper bound). Targets (issue 9): cold ≤ 180 s, peak ≤ 2 GiB, incremental ≤ 20 s.
+of the whole `etl run` process tree, sampled every 0.2 s, two ways: the PSS of the process
+and every child summed (a page shared by forked workers is divided among them: the tree's
+real footprint, which the target is checked on) and their RSS summed (shared pages counted
+once per process: an upper bound). Targets (issue 9): cold ≤ 180 s, peak ≤ 2 GiB,
+incremental ≤ 20 s. The run raises CEC_MAX_PAGES and the deadlines (`SCALE_LIMITS`).
 """
 
 from __future__ import annotations
@@ -62,11 +64,17 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
 class TreeMemory:
-    """Samples the summed RSS of a process and all its descendants until stopped."""
+    """Samples the memory of a process and all its descendants until stopped.
+
+    Two sums: RSS (a forked worker's pages shared with its parent count once per process:
+    an upper bound) and PSS (each shared page divided among the processes that map it: the
+    tree's actual footprint, what the target is checked on).
+    """
 
     def __init__(self, pid: int) -> None:
         self.root = psutil.Process(pid)
         self.peak = 0
+        self.peak_pss = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -74,17 +82,20 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
+            rss = pss = 0
             try:
                 processes = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
             for process in processes:
                 try:
-                    total += process.memory_info().rss
-                except psutil.NoSuchProcess:
+                    full = process.memory_full_info()  # /proc/<pid>/smaps_rollup
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-            self.peak = max(self.peak, total)
+                rss += full.rss
+                pss += full.pss
+            self.peak = max(self.peak, rss)
+            self.peak_pss = max(self.peak_pss, pss)
             self.samples += 1
             self._stop.wait(SAMPLE_SECONDS)
 
@@ -176,6 +187,7 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
         **figures,
         "pages": pages,
         "pages_per_second": round(pages / crawl, 1) if crawl else None,
+        "peak_tree_pss_mib": round(memory.peak_pss / 2**20, 1),
         "peak_tree_rss_mib": round(memory.peak / 2**20, 1),
         "memory_samples": memory.samples,
         "replica_cpu_seconds": round(sum(replica.cpu_times()[:2]) - replica_cpu, 2),
@@ -205,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                      "precincts: cold, then incremental (5% of precincts recounted)",
         "command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpu_count": os.cpu_count(),
-        "targets": {"cold_seconds": TARGET_COLD_SECONDS, "peak_tree_rss_mib": TARGET_PEAK_BYTES / 2**20,
+        "targets": {"cold_seconds": TARGET_COLD_SECONDS, "peak_tree_pss_mib": TARGET_PEAK_BYTES / 2**20,
                     "incremental_seconds": TARGET_INCREMENTAL_SECONDS},
     }
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, replica_process(
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     cold, incremental = report["cold"], report["incremental"]
     report["meets_targets"] = {
         "cold": cold["seconds"] <= TARGET_COLD_SECONDS,
-        "peak_memory": max(cold["peak_tree_rss_mib"], incremental["peak_tree_rss_mib"])
+        "peak_memory": max(cold["peak_tree_pss_mib"], incremental["peak_tree_pss_mib"])
         <= TARGET_PEAK_BYTES / 2**20,
         "incremental": incremental["seconds"] <= TARGET_INCREMENTAL_SECONDS,
     }
