@@ -77,6 +77,10 @@ class ClusterSettings:
     workers: int = 2
     worker_concurrency: int = 2
     deadline: float = 300.0
+    # Seconds without a heartbeat before a task counts as lost and is retried elsewhere;
+    # None keeps deploy/cluster.env's (60 s). Shorter finds a dead worker sooner, but a
+    # task whose heartbeats are merely late (a very busy machine) is then killed too.
+    heartbeat_timeout: int | None = None
 
     @property
     def metadata_url(self) -> str:
@@ -219,6 +223,8 @@ def cluster_env(settings: ClusterSettings, base: dict[str, str] | None = None) -
         "CEC_WAREHOUSE_URL": env.get("CEC_WAREHOUSE_URL")
                              or database_url(settings.postgres, WAREHOUSE_DB),
     })
+    if settings.heartbeat_timeout is not None:
+        env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = str(settings.heartbeat_timeout)
     env.pop("AIRFLOW_CONFIG", None)
     env.pop("CEC_HOSTNAME", None)  # set per worker only
     return env
@@ -511,6 +517,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--worker-concurrency", type=int, default=defaults.worker_concurrency)
     parser.add_argument("--deadline", type=float, default=defaults.deadline,
                         help="seconds to wait for the cluster to be healthy")
+    parser.add_argument("--heartbeat-timeout", type=int, default=None,
+                        help="seconds without a task heartbeat before the task is retried on "
+                             "another worker (default: deploy/cluster.env's)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     # A plain `kill` of a start in progress still stops what it started (see `start`).
@@ -526,7 +535,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                 state_dir=args.state_dir, api_port=args.api_port, postgres=args.postgres,
                 metadata_db=args.metadata_db, redis=args.redis, redis_db=args.redis_db,
                 workers=args.workers, worker_concurrency=args.worker_concurrency,
-                deadline=args.deadline)
+                deadline=args.deadline, heartbeat_timeout=args.heartbeat_timeout)
             record = start(settings)
             print(json.dumps(record, indent=1))
             print(f"\nAirflow UI: {record['ui']}   logs: {record['state_dir']}/logs   "

@@ -142,7 +142,10 @@ def cluster(replica: ReplicaServer) -> Iterator[Cluster]:
             started = cluster_cli(
                 "start", "--state-dir", str(state_dir), "--api-port", str(api_port),
                 "--metadata-db", metadata_db, "--redis-db", str(redis_db),
-                "--worker-concurrency", "1", "--deadline", "420", env=env, timeout=1200)
+                "--worker-concurrency", "1", "--deadline", "420",
+                # A killed worker's task is retried after 30 s without a heartbeat, not 60:
+                # the test waits half as long; heartbeats come every few seconds even here.
+                "--heartbeat-timeout", "30", env=env, timeout=1200)
             assert started.returncode == 0, f"make cluster failed:\n{started.stderr[-4000:]}"
             record = json.loads((state_dir / "cluster.json").read_text(encoding="utf-8"))
             yield Cluster(state_dir, api_port,
@@ -307,6 +310,10 @@ def test_the_cluster_environment_keeps_its_airflow_settings_and_lets_cec_default
     assert cluster_env(settings, {})["CEC_CRAWL_BATCHES"] == read_env_file(
         REPO / "deploy" / "cluster.env")["CEC_CRAWL_BATCHES"]
     assert "CEC_HOSTNAME" not in env  # set per worker only
+    timeout = "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"
+    assert env[timeout] == read_env_file(REPO / "deploy" / "cluster.env")[timeout]
+    quicker = ClusterSettings(state_dir=tmp_path / "state", heartbeat_timeout=30)
+    assert cluster_env(quicker, {})[timeout] == "30"
     assert env["CEC_DATA_DIR"] == str((tmp_path / "state" / "data").resolve())
     assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:6379/7"
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg://")
