@@ -221,8 +221,9 @@ def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
     except PageParseError as exc:
         return _Outcome(page.url, page.sha256, page.not_modified, None,
                         FetchFailure(exc.url, str(exc), 200))
-    entry = cache_entry(keyed, division) if keyed is not None else None
-    return _Outcome(page.url, page.sha256, page.not_modified, page_record(division), None,
+    record = page_record(division)
+    entry = cache_entry(keyed, division, record) if keyed is not None else None
+    return _Outcome(page.url, page.sha256, page.not_modified, record, None,
                     _FALLBACK if fell_back else _FAST,
                     keyed.key if keyed is not None and entry else None, entry)
 

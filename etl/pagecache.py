@@ -85,12 +85,14 @@ def _stamp(raw: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=BISHKEK_TZ)
 
 
-def cache_entry(keyed: PageKey, page: DivisionPage | PageRecord) -> str | None:
-    """The page's records as a cache entry, or None when its stamp is not the keyed one."""
-    record = page if isinstance(page, PageRecord) else page_record(page)
-    if record.portal_updated_at != keyed.stamp.isoformat() or (
-            isinstance(page, DivisionPage) and repr(page.portal_updated_at) != repr(keyed.stamp)):
+def cache_entry(keyed: PageKey, page: DivisionPage, record: PageRecord | None = None) -> str | None:
+    """The page's records as a cache entry, or None when its stamp is not the keyed one.
+
+    `record` is the page's `page_record`, when the caller has made it already.
+    """
+    if repr(page.portal_updated_at) != repr(keyed.stamp):
         return None  # the parser took its time from elsewhere: do not reuse this page
+    record = record or page_record(page)
     return json.dumps([
         record.declared_id, record.level, record.name, record.has_results_table,
         record.protocol, record.lines, record.children, record.fractional_counts,
