@@ -104,23 +104,24 @@ def _peak_rss_reset() -> bool:
 
 def _peak_rss_mib() -> float:
     """This process's RSS high-water mark (since the last reset) in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_mib() -> float:
+    current = _status_mib("VmRSS")
+    return current if current is not None else float("nan")
+
+
+def _status_mib(field: str) -> float | None:
+    """A memory figure of /proc/self/status (e.g. VmRSS) in MiB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
 
 
 def _cpu_seconds() -> float:
