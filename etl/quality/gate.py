@@ -198,15 +198,15 @@ def _unchanged_values_pass(spec: Any) -> bool:
     """
     if spec is None:
         return False
+
+    def current_at_least_previous(expectation: dict[str, Any]) -> bool:
+        kwargs = expectation.get("kwargs") or {}
+        return (expectation.get("type") == "expect_column_pair_values_a_to_be_greater_than_b"
+                and kwargs.get("column_A") == "current" and kwargs.get("column_B") == "previous"
+                and kwargs.get("or_equal") is True and not kwargs.get("row_condition"))
+
     expectations = spec.body.get("expectations", [])
-    return bool(expectations) and all(
-        e.get("type") == "expect_column_pair_values_a_to_be_greater_than_b"
-        and (e.get("kwargs") or {}).get("column_A") == "current"
-        and (e.get("kwargs") or {}).get("column_B") == "previous"
-        and (e.get("kwargs") or {}).get("or_equal") is True
-        and not (e.get("kwargs") or {}).get("row_condition")
-        for e in expectations
-    )
+    return bool(expectations) and all(map(current_at_least_previous, expectations))
 
 
 def critical_contests(dq_results: pd.DataFrame) -> frozenset[str]:
