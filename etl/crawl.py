@@ -181,19 +181,26 @@ class _Outcome(NamedTuple):
     cache_entry: str | None = None  # the freshly parsed page, for the next cycle's cache
 
 
-# The page source of a worker process, opened once by `_open_source`, and the records of
-# the last completed cycle it may reuse (inherited from the parent when it forks).
+# The page source of a worker process, opened once by `_open_source`, the threads its
+# batches fetch with (made once: a pool per batch started ~2,600 threads a cold cycle),
+# and the records of the last completed cycle it may reuse (inherited when it forks).
 _source: PageSource | None = None
+_fetchers: ThreadPoolExecutor | None = None
 _cache: PageCache | None = None
 
 
-def _open_source(spec: SourceSpec) -> None:
-    global _source  # noqa: PLW0603 - per-process state of a process pool worker
+def _open_source(spec: SourceSpec, threads: int = 1) -> None:
+    global _source, _fetchers  # noqa: PLW0603 - per-process state of a process pool worker
     _source = spec.open()
+    if threads > 1:
+        _fetchers = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
 
 
 def _close_source() -> None:
-    global _source  # noqa: PLW0603
+    global _source, _fetchers  # noqa: PLW0603
+    if _fetchers is not None:
+        _fetchers.shutdown(wait=True)
+    _fetchers = None
     if _source is not None:
         _source.close()
     _source = None
@@ -228,29 +235,29 @@ def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
                     keyed.key if keyed is not None and entry else None, entry)
 
 
-def _visit_batch(paths: Sequence[str], threads: int) -> list[_Outcome]:
+def _visit_batch(paths: Sequence[str]) -> list[_Outcome]:
     """Fetch a batch of pages concurrently, then parse them one by one.
 
     Fetch first, parse after: a thread parsing while others wait on sockets would hold the
     GIL for milliseconds each time a response arrives, and the fetches would queue behind it.
     """
-    if threads <= 1 or len(paths) <= 1:
+    if _fetchers is None or len(paths) <= 1:
         pages = [_fetch(path) for path in paths]
     else:
-        with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
-            pages = list(pool.map(_fetch, paths))
+        pages = list(_fetchers.map(_fetch, paths))
     return [_parse(page) for page in pages]
 
 
-def _worker_pool(spec: SourceSpec, processes: int, concurrency: int) -> tuple[Executor, int]:
-    """The executor batches go to, and the threads each batch may use."""
+def _worker_pool(spec: SourceSpec, processes: int, concurrency: int) -> Executor:
+    """The executor batches go to: `processes` forked workers fetching with a share of
+    `concurrency` threads each, or (one process) threads of this one."""
     if processes <= 1:
         _open_source(spec)
-        return ThreadPoolExecutor(max_workers=max(1, concurrency)), 1
+        return ThreadPoolExecutor(max_workers=max(1, concurrency))
     # Fork, before this process starts any thread: workers start fast and clean.
-    pool = ProcessPoolExecutor(max_workers=processes, initializer=_open_source, initargs=(spec,),
+    return ProcessPoolExecutor(max_workers=processes, initializer=_open_source,
+                               initargs=(spec, max(1, concurrency // processes)),
                                mp_context=multiprocessing.get_context("fork"))
-    return pool, max(1, concurrency // processes)
 
 
 def crawl_contests(
@@ -296,7 +303,7 @@ def crawl_contests(
     seen: set[str] = set()
     variants: dict[str, int] = {}
     capped: set[str] = set()
-    pool, threads = _worker_pool(spec, processes, concurrency)
+    pool = _worker_pool(spec, processes, concurrency)
     pending: dict[Future[list[_Outcome]], list[_Visit]] = {}
     # Finished batches arrive here, so each one costs O(1) (`wait()` on many pending
     # futures would rescan them all every time).
@@ -328,7 +335,7 @@ def crawl_contests(
         fresh = [v for v in visits if v.path not in seen and admitted(v)]
         for start in range(0, len(fresh), BATCH_SIZE):
             batch = fresh[start:start + BATCH_SIZE]
-            future = pool.submit(_visit_batch, [v.path for v in batch], threads)
+            future = pool.submit(_visit_batch, [v.path for v in batch])
             pending[future] = batch
             future.add_done_callback(finished.put)
 
