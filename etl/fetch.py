@@ -161,8 +161,9 @@ class PortalClient:
         self.pool = _pool_for(self.base_url, pool_size, self.headers)
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections and the archive's pack."""
         self.pool.clear()
+        self.archive.close()
 
     def fetch(self, path: str) -> FetchedPage:
         """Fetch a page, retrying 429/5xx/timeouts with backoff; archive every response.

@@ -10,7 +10,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from etl.archive import ArchiveWriteError, RawArchive
+
+
+def _pack_sizes(root: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (root / "packs").iterdir()}
 
 
 def _index_lines(root: Path) -> list[dict[str, object]]:
@@ -26,10 +32,11 @@ def test_store_is_content_addressed_and_idempotent(tmp_path: Path) -> None:
     assert archive.read(sha) == body
 
     # The same response again (a later cycle on an unchanged page) stores nothing new.
-    blobs_before = sorted(p.name for p in (tmp_path / "raw" / "blobs").rglob("*") if p.is_file())
+    packs_before = _pack_sizes(tmp_path / "raw")
     archive.store("http://p/ru/results/jk2021/list/7/", 200, headers, body, "t2")
-    blobs_after = sorted(p.name for p in (tmp_path / "raw" / "blobs").rglob("*") if p.is_file())
-    assert blobs_before == blobs_after == [sha]
+    RawArchive(tmp_path / "raw").store("http://p/ru/results/jk2021/list/7/", 200, headers, body, "t3")
+    assert _pack_sizes(tmp_path / "raw") == packs_before
+    assert sum(packs_before.values()) == len(body)  # the body, once
     lines = _index_lines(tmp_path / "raw")
     assert len(lines) == 1
     assert lines[0]["headers"] == {"etag": '"abc"', "last-modified": headers["Last-Modified"]}
@@ -164,14 +171,62 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing_half_written(tmp_path: 
     assert "raw archive index" in events["index"]
     assert "other" not in events
     assert 0 < events["stored"] < 1000
-    # Every index line is whole and names a blob that is whole; no temporary file is left.
+    # Every index line is whole and names a body that is whole.
     lines = _index_lines(root)
     assert len(lines) == events["stored"]
+    reader = RawArchive(root)
     for line in lines:
-        blob = root / "blobs" / line["sha256"][:2] / line["sha256"]
-        assert hashlib.sha256(blob.read_bytes()).hexdigest() == line["sha256"]
-    assert not list(root.rglob(".tmp-*"))
+        assert hashlib.sha256(reader.read(str(line["sha256"]))).hexdigest() == line["sha256"]
     # Space is back: the next run stores where the last one stopped.
     archive = RawArchive(root)
     archive.store("http://p/after/", 200, {}, b"x" * 10_000, "t")
     assert len(_index_lines(root)) == events["stored"] + 1
+
+
+def _store_in_child(body: bytes, parent: RawArchive) -> None:
+    parent.store("http://p/child/", 200, {}, body, "t")  # the parent's instance, forked
+
+
+def test_writers_append_to_their_own_packs_and_read_each_others_bodies(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    first, second = RawArchive(root), RawArchive(root)
+    a = first.store("http://p/a/", 200, {}, b"<html>a</html>", "t")
+    b = second.store("http://p/b/", 200, {}, b"<html>b</html>", "t")
+    # Each instance reads what the other stored after it opened (it reads the index again).
+    assert first.read(b) == b"<html>b</html>" and second.read(a) == b"<html>a</html>"
+    assert len(_pack_sizes(root)) == 2
+    # A forked child storing through its parent's instance starts a pack of its own: two
+    # processes never append to one file.
+    child = multiprocessing.get_context("fork").Process(
+        target=_store_in_child, args=(b"<html>c</html>", first))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and len(_pack_sizes(root)) == 3
+    first.store("http://p/d/", 200, {}, b"<html>d</html>", "t")
+    assert len(_pack_sizes(root)) == 3  # the parent goes on with its own pack
+    reopened = RawArchive(root)
+    for url, body in (("a", b"<html>a</html>"), ("b", b"<html>b</html>"),
+                      ("child", b"<html>c</html>"), ("d", b"<html>d</html>")):
+        latest = reopened.latest(f"http://p/{url}/")
+        assert latest is not None and reopened.read(latest.sha256) == body
+    with pytest.raises(FileNotFoundError):
+        reopened.read(hashlib.sha256(b"never stored").hexdigest())
+
+
+def test_an_archive_of_one_file_per_body_stays_readable(tmp_path: Path) -> None:
+    # The layout before packs: blobs/ab/<sha256>, index lines without "blob".
+    root = tmp_path / "raw"
+    body = b"<html>old</html>"
+    sha = hashlib.sha256(body).hexdigest()
+    (root / "blobs" / sha[:2]).mkdir(parents=True)
+    (root / "blobs" / sha[:2] / sha).write_bytes(body)
+    (root / "index.jsonl").write_text(json.dumps(
+        {"url": "http://p/old/", "status": 200, "sha256": sha, "fetched_at": "t",
+         "headers": {"etag": '"e"'}}) + "\n")
+    archive = RawArchive(root)
+    assert archive.read(sha) == body
+    assert archive.latest("http://p/old/").etag == '"e"'  # type: ignore[union-attr]
+    # The same body under another URL is not written again: it is in its old file.
+    archive.store("http://p/other/", 200, {}, body, "t")
+    assert _pack_sizes(root) == {}
+    assert RawArchive(root).read(sha) == body

@@ -147,13 +147,13 @@ def test_unchanged_portal_is_answered_304_and_stores_nothing_new(portal: Replica
     raw = tmp_path / "raw"
     first = scrape(portal.base_url, "jk2021", tmp_path / "a", contests=SMALL, archive_root=raw)
     index_before = (raw / "index.jsonl").read_text()
-    blobs_before = sorted(p.name for p in (raw / "blobs").rglob("*") if p.is_file())
+    packs_before = {p.name: p.stat().st_size for p in (raw / "packs").iterdir()}
     second = scrape(portal.base_url, "jk2021", tmp_path / "b", contests=SMALL, archive_root=raw)
     assert second.meta["pages_fetched"] == 0
     assert second.meta["pages_not_modified"] == first.meta["pages_fetched"] == SMALL_PAGES + 1
     assert second.snapshot_id == first.snapshot_id
     assert (raw / "index.jsonl").read_text() == index_before
-    assert sorted(p.name for p in (raw / "blobs").rglob("*") if p.is_file()) == blobs_before
+    assert {p.name: p.stat().st_size for p in (raw / "packs").iterdir()} == packs_before
     pd.testing.assert_frame_equal(read_snapshot_frames(tmp_path / "a")["results"],
                                   read_snapshot_frames(tmp_path / "b")["results"])
 
@@ -236,9 +236,10 @@ def test_a_truncated_body_is_retried_and_never_archived(
     truncated = retry_messages(caplog)
     assert len(truncated) == SMALL_PAGES + 1  # every page and the election page, once each
     # Every archived body is a whole page (the replica's full bodies end with </html>).
-    blobs = [p for p in (tmp_path / "raw" / "blobs").rglob("*") if p.is_file()]
-    assert len(blobs) == SMALL_PAGES + 1
-    assert all(p.read_bytes().rstrip().endswith(b"</html>") for p in blobs)
+    archive = RawArchive(tmp_path / "raw")
+    bodies = {json.loads(line)["sha256"] for line in (tmp_path / "raw" / "index.jsonl").open()}
+    assert len(bodies) == SMALL_PAGES + 1
+    assert all(archive.read(sha).rstrip().endswith(b"</html>") for sha in bodies)
 
 
 def test_latency_is_absorbed_by_concurrency(portal: ReplicaServer, tmp_path: Path) -> None:

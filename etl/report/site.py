@@ -392,14 +392,15 @@ def _float(line: Any, name: str) -> float | None:
 
 
 def _copy_raw(out: Path, archive: RawArchive, sha256: str) -> bool:
-    source = archive.blob_path(sha256)
     target = out / "raw" / f"{sha256}.html"
     if target.exists():
         return True
-    if not source.exists():
+    try:
+        body = archive.read(sha256)
+    except FileNotFoundError:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    target.write_bytes(body)
     return True
 
 

@@ -10,6 +10,7 @@ warning (W3) naming it; an impossible number is data, and quarantines the contes
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 import resource
 import signal
@@ -18,6 +19,7 @@ from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
+from etl.archive import RawArchive
 from etl.replica import load_scenario
 from etl.replica.render import PortalRenderer
 from tests.hostile.runner import (
@@ -246,13 +248,14 @@ def run_disk_full(case: Case, workdir: Path) -> tuple[Outcome, list[str]]:
         except ValueError as exc:
             problems.append(f"a half-written index line: {exc}")
             entries = []
+        archive = RawArchive(raw)
         for entry in entries:
-            blob = raw / "blobs" / entry["sha256"][:2] / entry["sha256"]
-            if not blob.exists():
-                problems.append(f"index names a missing blob {entry['sha256'][:12]}")
-        leftovers = [p.name for p in raw.rglob(".tmp-*")]
-        if leftovers:
-            problems.append(f"temporary files left in the archive: {leftovers}")
+            try:
+                whole = hashlib.sha256(archive.read(entry["sha256"])).hexdigest() == entry["sha256"]
+            except FileNotFoundError:
+                whole = False
+            if not whole:
+                problems.append(f"index names a missing or partial body {entry['sha256'][:12]}")
         again = run_subprocess(portal.base_url, case_env(case, data_dir), data_dir)
     if again.exit_code != 0:
         problems.append(f"the next run with space: exit {again.exit_code}: {again.stderr[-300:]!r}")
