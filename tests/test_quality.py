@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +22,7 @@ from etl.quality import CHECKS, QualityConfig, run_checks, validate_snapshot
 from etl.quality.catalog import CHECKS_BY_ID
 from etl.quality.cli import main_validate
 from etl.quality.findings import formatter_for
-from etl.quality.suites import EXPECTATIONS_DIR, read_suite_specs
+from etl.quality.suites import EXPECTATIONS_DIR, deferred_imports, read_suite_specs
 
 SNAPSHOT = "hand-1"
 PREVIOUS = "hand-0"
@@ -676,3 +677,24 @@ def test_line_dropped_by_the_root_is_found_through_its_divisions() -> None:
     assert row["message"].endswith(
         "a missing share (listed by 5 divisions of the contest, not by its root)"
     )
+
+
+def test_deferred_imports_run_a_module_only_when_it_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # How the gate imports Great Expectations without running scipy and altair (which GX
+    # imports for expectations and renderers the gate does not use) until they are used.
+    package = tmp_path / "deferred_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("import sys\nsys.modules['builtins'].RAN.append('pkg')\n"
+                                         "ANSWER = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("builtins.RAN", [], raising=False)
+    import builtins
+
+    with deferred_imports(("deferred_pkg",)):
+        import deferred_pkg  # type: ignore[import-not-found]
+    assert builtins.RAN == []  # type: ignore[attr-defined]
+    assert deferred_pkg.ANSWER == 42
+    assert builtins.RAN == ["pkg"]  # type: ignore[attr-defined]
+    monkeypatch.delitem(sys.modules, "deferred_pkg")
+    assert not any(type(f).__name__ == "_DeferringFinder" for f in sys.meta_path)  # removed
