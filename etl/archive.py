@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 # Headers worth keeping: enough to replay conditional requests and explain a failure.
 # Opening the archive rewrites the checkpoint when it had to read this many index lines.
 CHECKPOINT_EVERY_LINES = 2000
+CHECKPOINT_FORMAT = "cec-archive-checkpoint/2"
 KEPT_HEADERS = ("etag", "last-modified", "content-type", "retry-after", "date", "content-length")
 
 
@@ -99,6 +100,7 @@ class RawArchive:
         self._pack_pid = 0
         self._pack_size = 0
         self._index_offset = 0  # how far of the index this instance has read
+        self._whole_index_read = False
         self._load_index()
 
     def _load_index(self) -> None:
@@ -151,19 +153,20 @@ class RawArchive:
         """Load the checkpoint; the index offset it covers (0 when there is none)."""
         try:
             checkpoint = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+            if checkpoint.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"format {checkpoint.get('format')!r}, not {CHECKPOINT_FORMAT}")
             offset = int(checkpoint["offset"])
             if offset > self.index_path.stat().st_size:
                 raise ValueError("the checkpoint is ahead of the index")
-            for url, sha256, encoding in checkpoint.get("encodings", []):
-                self._encodings[(url, sha256)] = encoding
-            for sha256, pack, start, length in checkpoint.get("blobs", []):
-                self._locations[sha256] = (pack, start, length)
-            for url, status, sha256, etag, last_modified in checkpoint["latest"]:
+            for url, status, sha256, etag, last_modified, encoding, blob in checkpoint["latest"]:
                 self._latest[(url, status)] = sha256
+                if encoding:
+                    self._encodings[(url, sha256)] = encoding
+                if blob is not None:
+                    self._locations[sha256] = (blob[0], blob[1], blob[2])
                 if status == 200:
                     self._latest_ok[url] = ArchivedResponse(
-                        url, status, sha256, etag, last_modified,
-                        self._encodings.get((url, sha256)))
+                        url, status, sha256, etag, last_modified, encoding)
         except FileNotFoundError:
             return 0
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -177,23 +180,32 @@ class RawArchive:
         return offset
 
     def _write_checkpoint(self, offset: int) -> None:
+        # Only each URL's latest responses: what a crawl needs (conditional requests, a 304's
+        # body), so the checkpoint stays the size of the portal however long the night.
         latest = []
         for (url, status), sha256 in self._latest.items():
             ok = self._latest_ok.get(url) if status == 200 else None
+            where = self._locations.get(sha256)
             latest.append([url, status, sha256, ok.etag if ok else None,
-                           ok.last_modified if ok else None])
-        encodings = [[url, sha256, encoding] for (url, sha256), encoding in self._encodings.items()]
-        blobs = [[sha256, *where] for sha256, where in self._locations.items()]
+                           ok.last_modified if ok else None, self._encodings.get((url, sha256)),
+                           list(where) if where else None])
         tmp = self.checkpoint_path.with_name(
             f".{self.checkpoint_path.name}.{os.getpid()}-{threading.get_ident()}")
         try:
-            tmp.write_text(json.dumps({"offset": offset, "latest": latest, "encodings": encodings,
-                                       "blobs": blobs}, ensure_ascii=False), encoding="utf-8")
+            tmp.write_text(json.dumps({"format": CHECKPOINT_FORMAT, "offset": offset,
+                                       "latest": latest}, ensure_ascii=False), encoding="utf-8")
             os.replace(tmp, self.checkpoint_path)
         except OSError as exc:  # only an optimisation: a full disk must not stop a reader
             with contextlib.suppress(OSError):
                 tmp.unlink()
             log.warning("could not write the archive checkpoint %s: %s", self.checkpoint_path, exc)
+
+    def _read_whole_index(self) -> None:
+        """Remember every index line, once: for a body or an encoding that is no URL's
+        latest (reprocessing an earlier snapshot), which the checkpoint does not keep."""
+        if not self._whole_index_read:
+            self._whole_index_read = True
+            self._read_index_tail(0)
 
     def _remember(
         self, url: str, status: int, sha256: str, headers: dict[str, str],
@@ -316,6 +328,8 @@ class RawArchive:
     def encoding_of(self, url: str, sha256: str) -> str | None:
         """The encoding the archived body of `url` was read with, if the index says."""
         with self._lock:
+            if (url, sha256) not in self._encodings:
+                self._read_whole_index()
             return self._encodings.get((url, sha256))
 
     def read(self, sha256: str) -> bytes:
@@ -324,6 +338,9 @@ class RawArchive:
             where = self._locations.get(sha256)
             if where is None:  # another process may have stored it since this one opened
                 self._read_index_tail(self._index_offset)
+                where = self._locations.get(sha256)
+            if where is None:  # or it is an earlier body, which the checkpoint does not keep
+                self._read_whole_index()
                 where = self._locations.get(sha256)
         if where is None:
             return self.blob_path(sha256).read_bytes()

@@ -230,3 +230,27 @@ def test_an_archive_of_one_file_per_body_stays_readable(tmp_path: Path) -> None:
     archive.store("http://p/other/", 200, {}, body, "t")
     assert _pack_sizes(root) == {}
     assert RawArchive(root).read(sha) == body
+
+
+def test_the_checkpoint_keeps_each_urls_latest_and_earlier_bodies_stay_readable(
+        tmp_path: Path) -> None:
+    from etl.archive import CHECKPOINT_EVERY_LINES
+
+    # A night of re-stamps: every page changes at every update. The checkpoint, which every
+    # crawl process reads when it opens the archive, holds one entry per URL whatever the
+    # number of updates; an earlier body (reprocessing an earlier snapshot) is still found.
+    root = tmp_path / "raw"
+    urls = [f"http://p/ru/results/jk2021/list/{i}/" for i in range(CHECKPOINT_EVERY_LINES // 2)]
+    for update in range(3):
+        archive = RawArchive(root)  # each update's crawl opens the archive anew
+        for url in urls:
+            archive.store(url, 200, {"ETag": f'"{update}"'}, f"{url} {update}".encode(), "t",
+                          encoding="utf-8", encoding_source="header")
+    checkpoint = json.loads((root / "index.checkpoint.json").read_text())  # of two updates
+    assert len(checkpoint["latest"]) == len(urls) and checkpoint["offset"] > 0
+    reopened = RawArchive(root)
+    latest = reopened.latest(urls[7])
+    assert latest is not None and reopened.read(latest.sha256) == f"{urls[7]} 2".encode()
+    first = hashlib.sha256(f"{urls[7]} 0".encode()).hexdigest()
+    assert reopened.read(first) == f"{urls[7]} 0".encode()
+    assert RawArchive(root).encoding_of(urls[7], first) == "utf-8"
