@@ -247,7 +247,8 @@ def test_the_checkpoint_keeps_each_urls_latest_and_earlier_bodies_stay_readable(
             archive.store(url, 200, {"ETag": f'"{update}"'}, f"{url} {update}".encode(), "t",
                           encoding="utf-8", encoding_source="header")
     checkpoint = json.loads((root / "index.checkpoint.json").read_text())  # of two updates
-    assert len(checkpoint["latest"]) == len(urls) and checkpoint["offset"] > 0
+    assert checkpoint["offset"] > 0
+    assert sum(len(v) for v in checkpoint.values() if isinstance(v, list)) == len(urls)
     reopened = RawArchive(root)
     latest = reopened.latest(urls[7])
     assert latest is not None and reopened.read(latest.sha256) == f"{urls[7]} 2".encode()
