@@ -75,6 +75,7 @@ class TreeMemory:
         self.root = psutil.Process(pid)
         self.peak = 0
         self.peak_pss = 0
+        self.peak_pss_at = 0.0  # epoch seconds of the PSS peak's sample
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -95,7 +96,8 @@ class TreeMemory:
                 rss += full.rss
                 pss += full.pss
             self.peak = max(self.peak, rss)
-            self.peak_pss = max(self.peak_pss, pss)
+            if pss > self.peak_pss:
+                self.peak_pss, self.peak_pss_at = pss, time.time()
             self.samples += 1
             self._stop.wait(SAMPLE_SECONDS)
 
@@ -105,8 +107,8 @@ class TreeMemory:
         self._thread.join(timeout=5)
 
 
-def _stage_seconds(log_text: str, started: float, ended: float) -> dict[str, float | None]:
-    """Seconds per stage from the timestamps of the log lines that end each stage."""
+def _stage_ends(log_text: str) -> dict[str, float]:
+    """Epoch seconds at which each stage ended, from its log line's timestamp."""
     ends: dict[str, float] = {}
     for line in log_text.splitlines():
         stamp = LOG_TIME.match(line)
@@ -115,6 +117,20 @@ def _stage_seconds(log_text: str, started: float, ended: float) -> dict[str, flo
         for stage, pattern in STAGE_ENDS:
             if stage not in ends and pattern.search(line):
                 ends[stage] = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return ends
+
+
+def _stage_at(log_text: str, moment: float) -> str:
+    """The stage that was running at `moment` (epoch seconds)."""
+    for stage, end in sorted(_stage_ends(log_text).items(), key=lambda item: item[1]):
+        if moment <= end:
+            return stage
+    return "alert_and_exit"
+
+
+def _stage_seconds(log_text: str, started: float, ended: float) -> dict[str, float | None]:
+    """Seconds per stage from the timestamps of the log lines that end each stage."""
+    ends = _stage_ends(log_text)
     seconds: dict[str, float | None] = {}
     previous = started
     for stage, _ in STAGE_ENDS:
@@ -189,6 +205,7 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
         "pages_per_second": round(pages / crawl, 1) if crawl else None,
         "peak_tree_pss_mib": round(memory.peak_pss / 2**20, 1),
         "peak_tree_rss_mib": round(memory.peak / 2**20, 1),
+        "peak_pss_stage": _stage_at(log_text, memory.peak_pss_at),
         "memory_samples": memory.samples,
         "replica_cpu_seconds": round(sum(replica.cpu_times()[:2]) - replica_cpu, 2),
         "load_average_before": [round(x, 2) for x in load_before],
