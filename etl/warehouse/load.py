@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from etl import schema
 from etl.elections import ElectionRules, load_election
-from etl.warehouse.backends import Backend, connect, redact
+from etl.warehouse.backends import Backend, connect, redact, typed_frame
 from etl.warehouse.migrations import (
     MIGRATIONS,
     SCHEMA_MIGRATIONS_DDL,
@@ -348,25 +348,21 @@ def previous_published(
         where, params = "election_id = ?", [election_id]
         if contest_ids is not None:
             if not contest_ids:
-                return _typed(pd.DataFrame(), schema.TURNOUT), _typed(pd.DataFrame(), schema.RESULTS)
+                return (typed_frame(pd.DataFrame(), schema.TURNOUT),
+                        typed_frame(pd.DataFrame(), schema.RESULTS))
             where += f" AND contest_id IN ({', '.join('?' for _ in contest_ids)})"
             params += list(contest_ids)
-        turnout = db.query_frame(
+        turnout = db.query_typed(
             f"SELECT {', '.join(schema.TURNOUT)} FROM latest_turnout WHERE {where}"
             " ORDER BY contest_id, division_id",
-            params,
+            params, schema.TURNOUT,
         )
-        results = db.query_frame(
+        results = db.query_typed(
             f"SELECT {', '.join(schema.RESULTS)} FROM latest_results WHERE {where}"
             " ORDER BY contest_id, division_id, line_no",
-            params,
+            params, schema.RESULTS,
         )
-    return _typed(turnout, schema.TURNOUT), _typed(results, schema.RESULTS)
-
-
-def _typed(frame: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:
-    typed = frame.reindex(columns=list(columns)).astype(dict(columns))
-    return typed.reset_index(drop=True)
+    return turnout, results
 
 
 SEAT_COLUMNS = (
