@@ -206,6 +206,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
                                            lang=args.lang, archive_root=args.raw_dir)
     cycle.check_deadline(deadline, "validation")
+    cycle.release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
     cycle.validate_stage(snapshot_dir, warehouse)
     cycle.check_deadline(deadline, "publication")
     return cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
