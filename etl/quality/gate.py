@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,19 +88,18 @@ def run_checks(
     )
 
     keyed = derive.with_keys(divisions, turnout, results, before)
-    frames, compared = derived_frames(
-        keyed, snapshot_meta, settings,
-        leave_out_unchanged=_unchanged_values_pass(runner.specs.get("revisions")),
-    )
     _check_suites_complete(runner.specs, expectations_dir)
     names = DivisionNames.from_divisions(divisions)
     parameters = settings.suite_parameters()
     checked: dict[tuple[str, str], int] = {}
     found: list[pd.DataFrame] = []
-    for suite, frame in frames.items():
+    for suite, frame, compared in derived_frames(
+        keyed, snapshot_meta, settings,
+        leave_out_unchanged=_unchanged_values_pass(runner.specs.get("revisions")),
+    ):
         # What a suite checked: its frame's rows, or the comparisons a pruned frame
         # stands for (`compared`); an empty frame that stands for nothing checked nothing.
-        per_contest = compared.get(suite)
+        per_contest = compared
         if per_contest is None:
             per_contest = frame["contest_id"].value_counts(dropna=True).to_dict()
         if len(frame) or any(per_contest.values()):
@@ -122,6 +121,7 @@ def run_checks(
                         names, settings,
                     )
                 )
+        del frame  # before the next frame is made
 
     failures = (
         pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=FINDING_COLUMNS)
@@ -149,45 +149,44 @@ def derived_frames(
     settings: QualityConfig,
     *,
     leave_out_unchanged: bool = True,
-) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, int]]]:
-    """Every frame a suite validates, by suite name (see `etl.quality.derive`), and for a
-    frame that leaves out comparisons that cannot fail, how many it stands for per contest.
+) -> Iterator[tuple[str, pd.DataFrame, dict[str, int] | None]]:
+    """Every frame a suite validates, by suite name (see `etl.quality.derive`), made one at
+    a time, and for a frame that leaves out comparisons that cannot fail, how many it
+    stands for per contest (else None).
+
+    One at a time so that a caller that drops each frame once validated never holds them
+    all: at 100,000 precincts several have ~2 M rows, and together they made the gate's
+    peak (issue 9's memory budget).
     """
     divisions, turnout, results, previous = (
         keyed.divisions, keyed.turnout, keyed.results, keyed.previous
     )
     keyed_results = derive.keyed_results(results, turnout)
     lines = derive.contest_lines(divisions, keyed_results)
-    frames = {
-        "divisions": divisions,
-        "turnout": turnout.reset_index(drop=True),
-        "results": keyed_results,
-        "division_pct_sums": derive.division_pct_sums(
-            results, settings.pct_sum_tolerance_per_line
-        ),
-        "line_coverage": derive.line_coverage(
-            divisions, turnout, keyed_results, lines, keyed.n_lines
-        ),
-        "protocol_identities": derive.protocol_identities(turnout, keyed_results, lines),
-        # A contest that lost pages has parents whose missing children cannot be summed.
-        "reconciliation": derive.reconciliation(
-            divisions, turnout, keyed_results, keyed.n_lines,
-            derive.contests_with_failures(snapshot_meta),
-        ),
-        "coverage": derive.coverage(divisions, turnout, snapshot_meta, previous),
-        "number_cells": derive.number_cells(divisions, snapshot_meta),
-    }
-    compared: dict[str, dict[str, int]] = {}
+    yield "divisions", divisions, None
+    yield "turnout", turnout.reset_index(drop=True), None
+    yield "results", keyed_results, None
+    yield "division_pct_sums", derive.division_pct_sums(
+        results, settings.pct_sum_tolerance_per_line), None
+    yield "line_coverage", derive.line_coverage(
+        divisions, turnout, keyed_results, lines, keyed.n_lines), None
+    yield "protocol_identities", derive.protocol_identities(turnout, keyed_results, lines), None
+    # A contest that lost pages has parents whose missing children cannot be summed.
+    yield "reconciliation", derive.reconciliation(
+        divisions, turnout, keyed_results, keyed.n_lines,
+        derive.contests_with_failures(snapshot_meta)), None
+    yield "coverage", derive.coverage(divisions, turnout, snapshot_meta, previous), None
+    yield "number_cells", derive.number_cells(divisions, snapshot_meta), None
     if previous is not None:
         revisions = derive.revisions(
             turnout, keyed_results, previous, leave_out_unchanged=leave_out_unchanged
         )
-        frames["revisions"] = revisions.frame
-        compared["revisions"] = revisions.compared
-        frames["swings"] = derive.swings(
-            divisions, turnout, results, previous, settings.swing_min_progress_pp
-        )
-    return frames, compared
+        frame, compared = revisions.frame, revisions.compared
+        del revisions
+        yield "revisions", frame, compared
+        del frame
+        yield "swings", derive.swings(
+            divisions, turnout, results, previous, settings.swing_min_progress_pp), None
 
 
 def _unchanged_values_pass(spec: Any) -> bool:
