@@ -209,6 +209,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     cycle.release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
     cycle.validate_stage(snapshot_dir, warehouse)
     cycle.check_deadline(deadline, "publication")
+    cycle.release_memory(after="validation")
     return cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
 
 

@@ -62,7 +62,7 @@ class ArchiveWriteError(OSError):
     """The archive could not store a response (disk full, file-size limit, permissions)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArchivedResponse:
     """The archive's latest knowledge of a URL: its body and validators."""
 
