@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -407,8 +407,15 @@ def _copy_raw(out: Path, archive: RawArchive, sha256: str) -> bool:
 def _contests_section(snapshot: Snapshot, contests: list[str], statuses: dict[str, str],
                       reasons: dict[str, tuple[str, str | None]]) -> list[str]:
     rows, classes = [], []
+    # Only each contest's root division is shown: its rows are picked once, instead of
+    # every frame filtered once per contest (0.4 s of a page at kg2021's 37 contests).
+    roots = snapshot.divisions[snapshot.divisions["parent_id"].isna()]
+    keys = pd.MultiIndex.from_frame(roots[["contest_id", "division_id"]])
+    at_roots = replace(snapshot, divisions=roots, **{
+        name: frame[pd.MultiIndex.from_frame(frame[["contest_id", "division_id"]]).isin(keys)]
+        for name, frame in (("turnout", snapshot.turnout), ("results", snapshot.results))})
     for contest_id in contests:
-        contest = Contest.of(snapshot, contest_id)
+        contest = Contest.of(at_roots, contest_id)
         lines = contest.lines(contest.root_id).dropna(subset=["votes"])
         leader = "–"
         if len(lines) and lines["votes"].max() > 0:
