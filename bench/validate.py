@@ -41,6 +41,7 @@ from typing import Any
 import pandas as pd
 
 from bench import save_report
+from etl.cycle import process_memory_mib
 from etl.quality import validate_snapshot
 
 log = logging.getLogger("bench.validate")
@@ -104,24 +105,13 @@ def _peak_rss_reset() -> bool:
 
 def _peak_rss_mib() -> float:
     """This process's RSS high-water mark (since the last reset) in MiB."""
-    peak = _status_mib("VmHWM")
+    peak = process_memory_mib("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_mib() -> float:
-    current = _status_mib("VmRSS")
+    current = process_memory_mib("VmRSS")
     return current if current is not None else float("nan")
-
-
-def _status_mib(field: str) -> float | None:
-    """A memory figure of /proc/self/status (e.g. VmRSS) in MiB; None where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def _cpu_seconds() -> float:

@@ -403,23 +403,26 @@ def release_memory(after: str) -> None:
 
     import pyarrow as pa
 
-    before = _rss_mib()
+    before = process_memory_mib("VmRSS") or float("nan")
     gc.collect()
     pa.default_memory_pool().release_unused()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: the pool's release it is
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    log.info("memory after %s: RSS %.0f -> %.0f MiB", after, before, _rss_mib())
+    log.info("memory after %s: RSS %.0f -> %.0f MiB", after, before,
+             process_memory_mib("VmRSS") or float("nan"))
 
 
-def _rss_mib() -> float:
+def process_memory_mib(field: str) -> float | None:
+    """A memory figure of this process's /proc/self/status (VmRSS, VmHWM, …) in MiB; None
+    where there is none (not Linux)."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
 
 
 def warm_quality_gate() -> None:

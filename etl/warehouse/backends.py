@@ -221,15 +221,10 @@ class DuckDBBackend(Backend):
         return typed_frame(frame, columns)
 
     def bulk_insert(self, table: str, rows: pa.Table) -> int:
-        # Register the Arrow table as a view and copy it in one INSERT … SELECT.
-        self._staged += 1
-        view = f"staged_{table}_{self._staged}"
-        self.connection.register(view, rows)
-        try:
-            columns = ", ".join(rows.column_names)
+        # The Arrow table as a view (`staged`), copied in one INSERT … SELECT.
+        columns = ", ".join(rows.column_names)
+        with self.staged(rows, table) as view:
             self.connection.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {view}")
-        finally:
-            self.connection.unregister(view)
         return rows.num_rows
 
     def begin(self) -> None:
