@@ -120,17 +120,16 @@ def _stage_ends(log_text: str) -> dict[str, float]:
     return ends
 
 
-def _stage_at(log_text: str, moment: float) -> str:
-    """The stage that was running at `moment` (epoch seconds)."""
-    for stage, end in sorted(_stage_ends(log_text).items(), key=lambda item: item[1]):
+def _stage_at(ends: dict[str, float], moment: float) -> str:
+    """The stage that was running at `moment` (epoch seconds), given `_stage_ends`."""
+    for stage, end in sorted(ends.items(), key=lambda item: item[1]):
         if moment <= end:
             return stage
     return "alert_and_exit"
 
 
-def _stage_seconds(log_text: str, started: float, ended: float) -> dict[str, float | None]:
-    """Seconds per stage from the timestamps of the log lines that end each stage."""
-    ends = _stage_ends(log_text)
+def _stage_seconds(ends: dict[str, float], started: float, ended: float) -> dict[str, float | None]:
+    """Seconds per stage, given `_stage_ends`."""
     seconds: dict[str, float | None] = {}
     previous = started
     for stage, _ in STAGE_ENDS:
@@ -192,7 +191,8 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
         print(log_text[-4000:], file=sys.stderr)
         raise RuntimeError(f"etl run exited with {code}; log: {log_path}")
     seconds = round(ended - started, 2)
-    stages = _stage_seconds(log_text, started, ended)
+    ends = _stage_ends(log_text)
+    stages = _stage_seconds(ends, started, ended)
     figures = _snapshot_figures(data_dir, log_text)
     pages = figures.get("pages_fetched", 0) + figures.get("pages_not_modified", 0)
     crawl = stages.get("crawl")
@@ -205,7 +205,7 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
         "pages_per_second": round(pages / crawl, 1) if crawl else None,
         "peak_tree_pss_mib": round(memory.peak_pss / 2**20, 1),
         "peak_tree_rss_mib": round(memory.peak / 2**20, 1),
-        "peak_pss_stage": _stage_at(log_text, memory.peak_pss_at),
+        "peak_pss_stage": _stage_at(ends, memory.peak_pss_at),
         "memory_samples": memory.samples,
         "replica_cpu_seconds": round(sum(replica.cpu_times()[:2]) - replica_cpu, 2),
         "load_average_before": [round(x, 2) for x in load_before],
