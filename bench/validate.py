@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         from etl.quality.suites import suite_runner
 
-        suite_runner()
+        suite_runner().warm()
         startup = time.perf_counter() - started
         rss_before = _rss_mib()
 

@@ -282,8 +282,11 @@ def crawl_contests(
     whose body, apart from its `updated` stamp, is in `cache` is not parsed again.
 
     `while_crawling` runs in a thread of this process, which is otherwise idle while the
-    workers fetch and parse (e.g. importing the quality gate); it starts once the workers
-    are forked, so that no child inherits a lock it holds, and ends before this returns.
+    workers fetch and parse (e.g. importing the quality gate); it starts once a page has
+    been parsed (a crawl that parses nothing, every page reused or failed, does not need
+    it: a re-stamped portal's frames are those the gate validated last time), after the
+    workers are forked, so that no child inherits a lock it holds, and ends before this
+    returns.
 
     Limits: the crawl ends by `deadline` (epoch seconds; default `CEC_CRAWL_DEADLINE` from
     now), else `DeadlineExceeded`; at most `max_pages` pages are fetched (the rest are
@@ -343,10 +346,6 @@ def crawl_contests(
     try:
         for contest_id in contest_ids:
             submit([_Visit(contest_id, contest_path(lang, election_id, contest_id), None, None)])
-        if while_crawling is not None:  # the first submit forked every worker
-            side_task = threading.Thread(target=_run_logged, args=(while_crawling,),
-                                         name="while-crawling", daemon=True)
-            side_task.start()
         while pending:
             try:
                 # Fetches end by the deadline on their own; the grace covers a worker
@@ -356,7 +355,14 @@ def crawl_contests(
                 raise _deadline_error(election_id, progress, len(seen), ends_at - started_at,
                                       pending_pages=sum(len(v) for v in pending.values())
                                       ) from None
-            for visit, outcome in zip(pending.pop(future), future.result(), strict=True):
+            outcomes = future.result()
+            if side_task is None and while_crawling is not None and any(
+                    outcome.read_as in (_FAST, _FALLBACK) for outcome in outcomes):
+                # The first submit forked every worker: no child inherits the thread's locks.
+                side_task = threading.Thread(target=_run_logged, args=(while_crawling,),
+                                             name="while-crawling", daemon=True)
+                side_task.start()
+            for visit, outcome in zip(pending.pop(future), outcomes, strict=True):
                 contest = progress[visit.contest_id]
                 if outcome.record is None:
                     assert outcome.failure is not None

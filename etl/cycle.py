@@ -432,7 +432,12 @@ def warm_quality_gate() -> None:
 
     from etl.quality.suites import EXPECTATIONS_DIR, suite_runner
 
-    suite_runner(EXPECTATIONS_DIR)  # the same cache key as the gate's call
+    suite_runner(EXPECTATIONS_DIR).warm()  # the same cache key as the gate's call
+
+
+def gate_memo_path(election_id: str) -> Path:
+    """The election's gate memo (`etl.quality.memo`): what GX found in the last validation."""
+    return _state_dir() / f"{checked_id(election_id, 'election id')}.gate-memo.json"
 
 
 def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:
@@ -445,7 +450,8 @@ def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:
 
     meta = read_snapshot_meta(snapshot_dir)
     previous = previous_published(warehouse_url, meta["election_id"], meta["contests"])
-    outcome = validate_snapshot(snapshot_dir, previous=previous if len(previous[0]) else None)
+    outcome = validate_snapshot(snapshot_dir, previous=previous if len(previous[0]) else None,
+                                memo_path=gate_memo_path(meta["election_id"]))
     log.info("snapshot %s validated: %d critical contests %s, report %s", meta["snapshot_id"],
              len(outcome.critical_contests), sorted(outcome.critical_contests),
              outcome.report_path)

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
 
-from etl.quality import ValidationOutcome, validate_snapshot
+from etl.normalise import read_snapshot_frames, read_snapshot_meta
+from etl.quality import ValidationOutcome, run_checks, validate_snapshot
+from etl.quality.memo import GateMemo
 from etl.replica.kg2021 import AGAINST_ALL_WINS, LEADING_POSITIONS
 from etl.replica.server import ReplicaServer
 from etl.scrape import scrape
@@ -120,3 +123,89 @@ def test_final_snapshot_raises_nothing(timeline: dict[str, Path], tmp_path: Path
     assert outcome.critical_contests == frozenset()
     assert failures(outcome).empty, failures(outcome)["message"].head().tolist()
     assert outcome.dq_results["contest_id"].nunique() == 37
+
+
+# The gate memo (etl.quality.memo): outcomes of GX remembered by batch digest. Served from
+# the memo, the gate must answer exactly as when GX validates every frame.
+MEMO_CASES = [("formula-error", None), ("annulment", "recount-4"), ("duplicate-candidate", None),
+              ("final", None)]
+
+
+def checked(dirs: dict[str, Path], label: str, previous: str | None,
+            memo: GateMemo | None = None, snapshot_id: str | None = None) -> pd.DataFrame:
+    """`run_checks` on a timeline snapshot (its id replaced if given, as a re-stamp does)."""
+    frames, meta = read_snapshot_frames(dirs[label]), read_snapshot_meta(dirs[label])
+    if snapshot_id is not None:
+        frames = {name: frame.assign(snapshot_id=snapshot_id) for name, frame in frames.items()}
+        meta = meta | {"snapshot_id": snapshot_id}
+    before = read_snapshot_frames(dirs[previous]) if previous else None
+    return run_checks(frames["divisions"], frames["turnout"], frames["results"], meta,
+                      (before["turnout"], before["results"]) if before else None, memo=memo)
+
+
+@pytest.mark.parametrize(("label", "previous"), MEMO_CASES)
+def test_the_gate_memo_answers_exactly_as_great_expectations(
+    timeline: dict[str, Path], tmp_path: Path, label: str, previous: str | None
+) -> None:
+    by_gx = checked(timeline, label, previous)
+    filling = GateMemo(tmp_path / "memo.json")
+    assert_frame_equal(checked(timeline, label, previous, filling), by_gx)
+    assert filling.hits == 0 and filling.misses > 0
+    filling.save()
+
+    remembered = GateMemo.load(tmp_path / "memo.json")
+    assert_frame_equal(checked(timeline, label, previous, remembered), by_gx)
+    assert remembered.misses == 0 and remembered.hits == filling.misses
+    if label == "formula-error":  # failures too come back exactly (C1, C4 at the root)
+        assert not by_gx["success"].all()
+
+
+def test_a_re_stamped_snapshot_is_answered_from_the_memo_under_its_new_id(
+    timeline: dict[str, Path], tmp_path: Path
+) -> None:
+    memo = GateMemo(tmp_path / "memo.json")
+    checked(timeline, "formula-error", None, memo)
+    memo.save()
+    new_id = "jk2021-20211128T235900-000000000000"
+    remembered = GateMemo.load(tmp_path / "memo.json")
+    from_memo = checked(timeline, "formula-error", None, remembered, snapshot_id=new_id)
+    assert remembered.misses == 0 and remembered.hits > 0
+    assert_frame_equal(from_memo, checked(timeline, "formula-error", None, snapshot_id=new_id))
+    assert set(from_memo["snapshot_id"]) == {new_id}
+
+
+def test_one_changed_cell_is_validated_by_great_expectations_again(
+    timeline: dict[str, Path], tmp_path: Path
+) -> None:
+    memo = GateMemo(tmp_path / "memo.json")
+    checked(timeline, "final", None, memo)
+    memo.save()
+    frames = read_snapshot_frames(timeline["final"])
+    results = frames["results"].copy()
+    row = results.index[(results["contest_id"] == "list") & (results["votes"] > 0)][0]
+    results.loc[row, "votes"] += 1  # one vote more in one precinct: its sums no longer add up
+    meta = read_snapshot_meta(timeline["final"])
+    remembered = GateMemo.load(tmp_path / "memo.json")
+    from_memo = run_checks(frames["divisions"], frames["turnout"], results, meta, None,
+                           memo=remembered)
+    assert remembered.misses > 0
+    assert_frame_equal(from_memo, run_checks(frames["divisions"], frames["turnout"], results,
+                                             meta, None))
+    assert not from_memo["success"].all()
+
+
+def test_a_snapshot_compared_with_itself_passes_w4_on_every_line(
+    timeline: dict[str, Path]
+) -> None:
+    """Lines whose share did not move are left out of W4's frame, never out of its count."""
+    dq = checked(timeline, "final", "final")
+    w4 = dq[(dq["check_id"] == "W4") & dq["division_id"].isna()]
+    assert len(w4) == len(read_snapshot_meta(timeline["final"])["contests"])
+    assert w4["success"].all()
+    frames = read_snapshot_frames(timeline["final"])
+    roots = frames["divisions"].loc[frames["divisions"]["parent_id"].isna(),
+                                    ["contest_id", "division_id"]]
+    root_lines = frames["results"].merge(roots, on=["contest_id", "division_id"])
+    for _, row in w4.iterrows():  # "W4 swings, list: passed on 22 root lines"
+        lines = len(root_lines[root_lines["contest_id"] == row["contest_id"]])
+        assert row["message"].endswith(f"passed on {lines} root lines"), row["message"]

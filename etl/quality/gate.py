@@ -25,6 +25,7 @@ from etl.normalise import (
 from etl.quality import derive
 from etl.quality.catalog import CHECKS, CHECKS_BY_ID, QualityConfig
 from etl.quality.findings import FINDING_COLUMNS, DivisionNames, failure_rows, summary_rows
+from etl.quality.memo import GateMemo
 from etl.quality.suites import EXPECTATIONS_DIR, SuiteError, suite_runner
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,14 @@ def run_checks(
     *,
     quality_config: QualityConfig | None = None,
     expectations_dir: Path = EXPECTATIONS_DIR,
+    memo: GateMemo | None = None,
 ) -> pd.DataFrame:
     """Run every check on one snapshot's frames; return `dq_results` (`etl.schema.DQ_RESULTS`).
 
-    `previous` is the previous published snapshot's (turnout, results), or None.
+    `previous` is the previous published snapshot's (turnout, results), or None. With a
+    `memo`, a derived frame equal to one GX validated before gets that validation's
+    outcomes (`etl.quality.memo`); GX is imported only if a frame is new.
     """
-    # Created (GX imported) once per process, before the clock: it is not validation time.
     runner = suite_runner(expectations_dir)
     started = time.perf_counter()
     settings = quality_config or QualityConfig()
@@ -96,6 +99,7 @@ def run_checks(
     for suite, frame, compared in derived_frames(
         keyed, snapshot_meta, settings,
         leave_out_unchanged=_unchanged_values_pass(runner.specs.get("revisions")),
+        leave_out_still=_still_shares_pass(runner.specs.get("swings"), parameters),
     ):
         # What a suite checked: its frame's rows, or the comparisons a pruned frame
         # stands for (`compared`); an empty frame that stands for nothing checked nothing.
@@ -108,7 +112,7 @@ def run_checks(
                     key = (check_id, str(contest))
                     checked[key] = checked.get(key, 0) + int(n)
         reported: dict[str, set[int]] = {}
-        for outcome in runner.run(suite, frame, parameters):
+        for outcome in runner.run(suite, frame, parameters, memo):
             rows = list(outcome.failing_rows)
             if CHECKS_BY_ID[outcome.check_id].one_failure_per_row:
                 seen = reported.setdefault(outcome.check_id, set())
@@ -139,7 +143,7 @@ def run_checks(
     dq_results.insert(0, "snapshot_id", snapshot_id)
     dq_results = dq_results[list(schema.DQ_RESULTS)].astype(schema.DQ_RESULTS)
 
-    _log_summary(snapshot_id, dq_results, len(divisions), len(results), started)
+    _log_summary(snapshot_id, dq_results, len(divisions), len(results), started, memo)
     return dq_results
 
 
@@ -149,6 +153,7 @@ def derived_frames(
     settings: QualityConfig,
     *,
     leave_out_unchanged: bool = True,
+    leave_out_still: bool = False,
 ) -> Iterator[tuple[str, pd.DataFrame, dict[str, int] | None]]:
     """Every frame a suite validates, by suite name (see `etl.quality.derive`), made one at
     a time, and for a frame that leaves out comparisons that cannot fail, how many it
@@ -185,8 +190,16 @@ def derived_frames(
         del revisions
         yield "revisions", frame, compared
         del frame
-        yield "swings", derive.swings(
-            divisions, turnout, results, previous, settings.swing_min_progress_pp), None
+        swings = derive.swings(divisions, turnout, results, previous,
+                               settings.swing_min_progress_pp)
+        if leave_out_still:
+            # A share that did not move cannot fail W4 as shipped (see `_still_shares_pass`):
+            # such lines are counted as compared, not validated (a re-stamped portal's are all).
+            compared = {str(c): int(n) for c, n in
+                        swings["contest_id"].value_counts(dropna=True).items()}
+            yield "swings", swings[swings["share_change_pp"] != 0].reset_index(drop=True), compared
+        else:
+            yield "swings", swings, None
 
 
 def _unchanged_values_pass(spec: Any) -> bool:
@@ -208,6 +221,37 @@ def _unchanged_values_pass(spec: Any) -> bool:
     return bool(expectations) and all(map(current_at_least_previous, expectations))
 
 
+def _still_shares_pass(spec: Any, parameters: dict[str, Any]) -> bool:
+    """Whether W4's suite passes a share change of 0, so lines whose share did not move may
+    be left out of its frame.
+
+    True only for the rule as shipped: `share_change_pp_abs` at most a maximum that is not
+    negative, no minimum above 0, nothing else in the suite. Otherwise every line is validated.
+    """
+    if spec is None:
+        return False
+
+    def zero_passes(expectation: dict[str, Any]) -> bool:
+        kwargs = expectation.get("kwargs") or {}
+        if (expectation.get("type") != "expect_column_values_to_be_between"
+                or kwargs.get("column") != "share_change_pp_abs" or kwargs.get("row_condition")
+                or set(kwargs) - {"column", "min_value", "max_value"}):
+            return False
+        low, high = (_value(kwargs.get(bound), parameters) for bound in ("min_value", "max_value"))
+        return isinstance(high, int | float) and high >= 0 and (
+            low is None or (isinstance(low, int | float) and low <= 0))
+
+    expectations = spec.body.get("expectations", [])
+    return bool(expectations) and all(map(zero_passes, expectations))
+
+
+def _value(bound: Any, parameters: dict[str, Any]) -> Any:
+    """A suite bound, with `{"$PARAMETER": name}` looked up in the expectation parameters."""
+    if isinstance(bound, dict) and set(bound) == {"$PARAMETER"}:
+        return parameters.get(bound["$PARAMETER"])
+    return bound
+
+
 def critical_contests(dq_results: pd.DataFrame) -> frozenset[str]:
     """Contests with a failed critical check: their snapshot is quarantined."""
     failed = dq_results[
@@ -223,11 +267,13 @@ def validate_snapshot(
     *,
     previous: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     quality_config: QualityConfig | None = None,
+    memo_path: Path | None = None,
 ) -> ValidationOutcome:
     """Validate a scrape output directory; write `dq_results.parquet` there and a report.
 
     The previous published snapshot is a directory (`previous_dir`) or, from the
-    warehouse, its (turnout, results) frames (`previous`); not both.
+    warehouse, its (turnout, results) frames (`previous`); not both. `memo_path` is the
+    election's `GateMemo`: read before, rewritten with this validation's outcomes after.
     """
     from etl.quality.report import write_report
 
@@ -239,10 +285,13 @@ def validate_snapshot(
     if previous_dir is not None:
         previous_frames = read_snapshot_frames(Path(previous_dir))
         previous = (previous_frames["turnout"], previous_frames["results"])
+    memo = GateMemo.load(memo_path) if memo_path is not None else None
     dq_results = run_checks(
         frames["divisions"], frames["turnout"], frames["results"], meta, previous,
-        quality_config=quality_config,
+        quality_config=quality_config, memo=memo,
     )
+    if memo is not None:
+        memo.save()
     write_dq_results(dq_results, snapshot_dir / DQ_RESULTS_FILE)
     report_path = write_report(dq_results, meta, report_dir or config.report_dir())
     return ValidationOutcome(dq_results, critical_contests(dq_results), report_path)
@@ -385,7 +434,8 @@ def _skip_reasons(
 
 
 def _log_summary(
-    snapshot_id: str, dq_results: pd.DataFrame, n_divisions: int, n_results: int, started: float
+    snapshot_id: str, dq_results: pd.DataFrame, n_divisions: int, n_results: int, started: float,
+    memo: GateMemo | None,
 ) -> None:
     summaries = dq_results[dq_results["division_id"].isna()]
     failed = summaries[~summaries["success"].astype(bool)]
@@ -393,8 +443,10 @@ def _log_summary(
     by_check = instances["check_id"].value_counts().sort_index().to_dict()
     log.info(
         "validated snapshot %s: %d divisions, %d result rows in; %d failure rows out %s; "
-        "%d critical and %d warning (check, contest) pairs failed; %.2fs",
+        "%d critical and %d warning (check, contest) pairs failed; %.2fs%s",
         snapshot_id, n_divisions, n_results, len(instances), by_check,
         int((failed["severity"] == "critical").sum()), int((failed["severity"] == "warning").sum()),
         time.perf_counter() - started,
+        "" if memo is None else
+        f"; {memo.hits} frames as validated before (gate memo), {memo.misses} validated by GX",
     )

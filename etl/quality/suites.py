@@ -8,6 +8,7 @@ validates one derived frame (the suite's name is the frame's name, see `etl.qual
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import importlib.abc
 import importlib.machinery
@@ -28,6 +29,8 @@ from etl.quality.catalog import CHECKS_BY_ID
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from etl.quality.memo import GateMemo
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +152,36 @@ def _collector_paused() -> Iterator[None]:
 
 
 class SuiteRunner:
-    """The suites of one expectations directory, registered in one ephemeral context."""
+    """The suites of one expectations directory, registered in one ephemeral context.
+
+    The suites are read at once; Great Expectations is imported and its context built on
+    the first validation that needs it (`warm`), so a process whose frames are all in a
+    `GateMemo` never pays for the import.
+    """
 
     def __init__(self, expectations_dir: Path = EXPECTATIONS_DIR) -> None:
+        self.expectations_dir = expectations_dir
+        self.specs = read_suite_specs(expectations_dir)
+        self._columns = {name: suite_columns(spec.body) for name, spec in self.specs.items()}
+        self._context: Any = None
+        self._suites: dict[str, Any] = {}
+        self._batch_definitions: dict[str, Any] = {}
+        # GX contexts are not documented as thread-safe; the DAG may run tasks in threads.
+        # The same lock makes the context once when a warm-up thread and the gate race.
+        self._lock = threading.Lock()
+
+    @property
+    def warmed(self) -> bool:
+        """Whether Great Expectations is imported and the context built."""
+        return self._context is not None
+
+    def warm(self) -> None:
+        """Import Great Expectations and build the context (once; later calls return)."""
+        with self._lock:
+            if self._context is None:
+                self._build_context()
+
+    def _build_context(self) -> None:
         gx_log = logging.getLogger("great_expectations")
         if gx_log.level == logging.NOTSET:
             # GX logs hundreds of lines at INFO while importing (its docs decorators) and
@@ -169,42 +199,58 @@ class SuiteRunner:
         # for a batch marker we never read: ~20 s per snapshot at 100,000 precincts (pyarrow
         # strings hash through Python objects). Validation itself does not depend on it.
         pandas_execution_engine.HASH_THRESHOLD = 0
-        self.specs = read_suite_specs(expectations_dir)
-        self._context = gx.get_context(mode="ephemeral")
+        context = gx.get_context(mode="ephemeral")
         # Progress bars would write to stderr on every validation.
-        self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        source = self._context.data_sources.add_pandas("snapshot_frames")
-        self._suites = {}
-        self._batch_definitions = {}
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        source = context.data_sources.add_pandas("snapshot_frames")
         for name, spec in self.specs.items():
-            self._suites[name] = self._context.suites.add(gx.ExpectationSuite(**spec.body))
+            # A copy: GX writes into what it is given (ids), and the suites as read are
+            # what the gate memo's keys and the gate's rule checks are made of.
+            self._suites[name] = context.suites.add(gx.ExpectationSuite(**copy.deepcopy(spec.body)))
             asset = source.add_dataframe_asset(name=name)
             self._batch_definitions[name] = asset.add_batch_definition_whole_dataframe(name)
-        self._columns = {name: suite_columns(spec.body) for name, spec in self.specs.items()}
-        # GX contexts are not documented as thread-safe; the DAG may run tasks in threads.
-        self._lock = threading.Lock()
+        self._context = context
         # The context lives as long as the process: its ~10^6 objects (mostly GX's modules)
         # go out of the cycle collector's way instead of being traversed at every full
         # collection, and at exit (`etl.__main__`).
         gc.freeze()
         log.info(
             "GX ephemeral context with %d suites from %s ready in %.2fs",
-            len(self.specs), expectations_dir, time.perf_counter() - started,
+            len(self.specs), self.expectations_dir, time.perf_counter() - started,
         )
 
     def run(
-        self, suite: str, frame: pd.DataFrame, parameters: dict[str, float]
+        self, suite: str, frame: pd.DataFrame, parameters: dict[str, float],
+        memo: GateMemo | None = None,
     ) -> list[RuleOutcome]:
-        """Validate `frame` (with a RangeIndex) against `suite`; one outcome per expectation."""
-        if suite not in self._suites:
-            raise SuiteError(f"no suite {suite!r} in {EXPECTATIONS_DIR} (have {sorted(self._suites)})")
+        """Validate `frame` (with a RangeIndex) against `suite`; one outcome per expectation.
+
+        With a `memo`, a batch GX already validated with the same suite and parameters
+        gets the outcomes it got then, without GX; a new one is validated and remembered.
+        """
+        if suite not in self.specs:
+            raise SuiteError(f"no suite {suite!r} in {self.expectations_dir} (have {sorted(self.specs)})")
         if frame.empty:
             return []
+        batch = batch_frame(frame, self._columns[suite])
+        key = memo.key(self.specs[suite].body, parameters, batch) if memo is not None else None
+        if memo is not None and key is not None:
+            remembered = memo.get(suite, key)
+            if remembered is not None:
+                return remembered
+        outcomes = self._validate(suite, batch, parameters)
+        if memo is not None and key is not None:
+            memo.put(suite, key, outcomes)
+        return outcomes
+
+    def _validate(
+        self, suite: str, batch: pd.DataFrame, parameters: dict[str, float]
+    ) -> list[RuleOutcome]:
+        self.warm()
         with self._lock:
-            batch = self._batch_definitions[suite].get_batch(
-                batch_parameters={"dataframe": batch_frame(frame, self._columns[suite])}
-            )
-            validation = batch.validate(
+            validation = self._batch_definitions[suite].get_batch(
+                batch_parameters={"dataframe": batch}
+            ).validate(
                 self._suites[suite], result_format=RESULT_FORMAT, expectation_parameters=parameters
             )
         outcomes = []
