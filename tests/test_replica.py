@@ -652,3 +652,40 @@ def test_goto_by_portal_time(server, http):
     assert response.json()["label"] == "withdrawn-503"  # the last update before 21:30
     when = datetime.fromisoformat("2021-12-15T18:00:00+06:00")
     assert server.scenario.index_at(when) == server.scenario.index_of("final")
+
+
+@pytest.mark.parametrize(("scenario_id", "label"), [
+    ("kg2021", "final"), ("kg2021", "formula-error"), ("kg2021", "withdrawn-maintenance"),
+    ("synthetic", "final")])
+def test_a_restamped_page_is_the_page_rendered_restamped(scenario_id: str, label: str) -> None:
+    """The server derives a re-stamped page from the one it served before the re-stamp
+    (its time element and Last-Modified moved); byte for byte what rendering gives."""
+    from datetime import timedelta
+
+    from etl.replica.render import PortalRenderer
+
+    scenario = load_scenario(scenario_id, precincts=2_000 if scenario_id == "synthetic" else None)
+    renderer = PortalRenderer(scenario)
+    index = scenario.index_of(label)
+    paths = ["/ru/results/", f"/ru/results/{scenario.election_id}/",
+             f"/kg/results/{scenario.election_id}/"]
+    for contest_id, contest in list(scenario.contests.items())[:3]:
+        for lang in ("ru", "kg"):
+            paths.append(f"/{lang}/results/{scenario.election_id}/{contest_id}/")
+            paths += [f"/{lang}/results/{scenario.election_id}/{contest_id}/{division}/"
+                      for division in list(contest.divisions)[:150]]
+    derived = 0
+    for path in paths:
+        for seconds in (60, 3600.5, -86400):
+            before = renderer.render(index, path)
+            assert before is not None, path
+            moved = renderer.restamped(index, before, timedelta(seconds=seconds))
+            expected = renderer.render(index, path, restamp=timedelta(seconds=seconds))
+            if moved is None:  # rendered again: maintenance, or no one time element
+                assert (label == "withdrawn-maintenance"
+                        or before.body.count(b'<time class="updated"') != 1), path
+                continue
+            derived += 1
+            assert moved == expected, (path, seconds)
+    # every page but the list of elections (it shows no time) is derived
+    assert derived == (0 if label == "withdrawn-maintenance" else 3 * (len(paths) - 1))

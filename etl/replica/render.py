@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -96,6 +97,19 @@ def http_date(snapshot: Snapshot) -> str:
     return format_datetime(snapshot.portal_time.astimezone(UTC), usegmt=True)
 
 
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha1(body).hexdigest() + '"'
+
+
+def _updated_element(when: datetime) -> str:
+    """The page's `updated` time element (SPEC.md section A)."""
+    return (f'<time class="updated" datetime="{when.isoformat()}">'
+            f"{when.strftime('%d.%m.%Y %H:%M:%S')}</time>")
+
+
+_UPDATED = re.compile(rb'<time class="updated" datetime="([^"<>]+)">[^<]*</time>')
+
+
 def _number(value: int, lang: str) -> str:
     return f"{value:,}".replace(",", THOUSANDS[lang])
 
@@ -149,6 +163,23 @@ class PortalRenderer:
             return None
         return self._page(snapshot, self._division(snapshot, lang, contest, division_id))
 
+    def restamped(self, index: int, page: Page, restamp: timedelta) -> Page | None:
+        """`page` of snapshot `index` as `render(..., restamp=restamp)` gives it, made by
+        moving its one `updated` element and its Last-Modified instead of rendering it
+        again (~20x cheaper: the replica shares the cores with the pipeline it serves);
+        None when the page is not a plain results page with exactly one such element."""
+        snapshot = self.scenario.snapshots[index]
+        if (not restamp or page.status != 200 or page.content_type != HTML
+                or snapshot.mode in (MODE_UNAVAILABLE, MODE_MAINTENANCE)):
+            return None
+        found = _UPDATED.findall(page.body)
+        if len(found) != 1:
+            return None
+        element = _updated_element(datetime.fromisoformat(found[0].decode()) + restamp).encode()
+        body = _UPDATED.sub(lambda _: element, page.body, count=1)
+        moved = dataclasses.replace(snapshot, portal_time=snapshot.portal_time + restamp)
+        return dataclasses.replace(page, body=body, etag=_etag(body), last_modified=http_date(moved))
+
     # -- envelopes ------------------------------------------------------------------
 
     def _page(
@@ -159,7 +190,7 @@ class PortalRenderer:
             status=status,
             body=body,
             content_type=content_type,
-            etag='"' + hashlib.sha1(body).hexdigest() + '"',
+            etag=_etag(body),
             last_modified=http_date(snapshot),
             retry_after=snapshot.retry_after if status == 503 else None,
         )
@@ -172,11 +203,7 @@ class PortalRenderer:
         ]
 
     def _updated(self, snapshot: Snapshot, when: datetime | None = None) -> str:
-        when = when or snapshot.portal_time
-        return (
-            f'<time class="updated" datetime="{when.isoformat()}">'
-            f"{when.strftime('%d.%m.%Y %H:%M:%S')}</time>\n"
-        )
+        return _updated_element(when or snapshot.portal_time) + "\n"
 
     def _lang_of(self, path: str) -> str:
         return "kg" if path.startswith("/kg/") else "ru"

@@ -108,6 +108,7 @@ class _Cached:
     etag: str
     modified: float  # POSIX seconds of Last-Modified
     last_modified_line: bytes
+    page: Page
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,12 @@ class Replica:
         if cached is not None:
             return cached
         path, _, query = target.partition("?")
-        page = self.renderer.render(index, path, query, restamp=timedelta(seconds=restamp))
+        page = None
+        unstamped = self._cache.get((index, 0.0), {}).get(target) if restamp else None
+        if unstamped is not None:  # a re-stamp: the page read before, its time moved
+            page = self.renderer.restamped(index, unstamped.page, timedelta(seconds=restamp))
+        if page is None:
+            page = self.renderer.render(index, path, query, restamp=timedelta(seconds=restamp))
         if page is None:
             return None
         cached = _prepare(page)
@@ -351,7 +357,7 @@ def _prepare(page: Page) -> _Cached:
         lines.append(f"Retry-After: {page.retry_after}")
     head = ("\r\n".join(lines) + "\r\n").encode()
     last_modified_line = f"Last-Modified: {page.last_modified}\r\n".encode()
-    return _Cached(page.status, head, page.body, page.etag, modified, last_modified_line)
+    return _Cached(page.status, head, page.body, page.etag, modified, last_modified_line, page)
 
 
 def _not_modified(headers: dict[str, str], cached: _Cached) -> bool:
