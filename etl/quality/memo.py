@@ -71,10 +71,12 @@ def batch_digest(batch: pd.DataFrame, constant_ok: frozenset[str] = frozenset())
             values = pa.array(column, from_pandas=True)
         except (pa.ArrowException, TypeError, ValueError):
             return None
+        # A table, not a record batch: a large pyarrow-backed column is a ChunkedArray, and
+        # combining its chunks would copy it (chunked otherwise only costs a miss).
+        table = pa.table({"v": values})
         sink = pa.BufferOutputStream()
-        record_batch = pa.record_batch([values], names=["v"])
-        with pa.ipc.new_stream(sink, record_batch.schema) as writer:
-            writer.write_batch(record_batch)
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
         digest.update(memoryview(sink.getvalue()))
     return digest.hexdigest()
 
