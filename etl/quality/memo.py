@@ -1,8 +1,9 @@
 """What Great Expectations found on a batch, remembered for the next cycle that sees it again.
 
 A suite's outcome on a batch is a function of the batch (the columns the suite reads, row
-by row), the suite, the expectation parameters and the GX version: the same four always
-give the same failing rows. The memo keys each outcome by a digest of all four, so a cycle
+by row), the suite, the expectation parameters and the GX version (and of our code that
+reads GX's results, whose digest is part of the key): the same four always give the same
+failing rows. The memo keys each outcome by a digest of all four, so a cycle
 whose derived frames equal the last cycle's (the portal re-stamped every page and changed
 nothing else) gets the gate's exact answer without importing GX, which costs more CPU than
 the rest of such a cycle's gate. Anything that differs, down to a dtype or one cell, is a
@@ -31,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from etl.quality import suites
 from etl.quality.suites import RESULT_FORMAT, RuleOutcome
 
 if TYPE_CHECKING:
@@ -42,11 +44,18 @@ MEMO_FORMAT = "cec-gate-memo/1"
 
 
 @cache
-def _gx_version() -> str:
+def _versions() -> str:
+    """GX's version and a digest of the code between GX and an outcome (this module and
+    `suites.py`, which makes the batch GX sees and reads its results): a change to either
+    makes every remembered outcome a miss."""
     try:
-        return version("great_expectations")
+        gx = version("great_expectations")
     except PackageNotFoundError:
-        return "unknown"
+        gx = "unknown"
+    code = hashlib.sha256()
+    for module in (__file__, suites.__file__):
+        code.update(Path(module).read_bytes())
+    return f"{gx} {code.hexdigest()}"
 
 
 def batch_digest(batch: pd.DataFrame, constant_ok: frozenset[str] = frozenset()) -> str | None:
@@ -144,7 +153,7 @@ class GateMemo:
         rows = batch_digest(batch, uniqueness_key_columns(suite_body))
         if rows is None:
             return None
-        settings = json.dumps([MEMO_FORMAT, _gx_version(), RESULT_FORMAT, suite_body, parameters],
+        settings = json.dumps([MEMO_FORMAT, _versions(), RESULT_FORMAT, suite_body, parameters],
                               sort_keys=True, default=str)
         return hashlib.sha256(f"{settings}\n{rows}".encode()).hexdigest()
 
