@@ -77,3 +77,18 @@ def test_the_memo_file_keeps_this_validations_outcomes_and_survives_damage(tmp_p
     memo.put("s", "k3", [tupled])  # JSON would give a list back: not remembered
     memo.save()
     assert GateMemo.load(path).get("s", "k3") is None
+
+
+def test_columns_of_every_kind_differ_when_their_values_do() -> None:
+    kinds = [
+        (pd.Categorical(["a", "b"]), pd.Categorical(["a", "c"])),  # same codes, other labels
+        (pd.array([1, None], dtype="Int64"), pd.array([1, 2], dtype="Int64")),
+        (pd.Series(["x", None], dtype=object), pd.Series(["x", "y"], dtype=object)),
+        (pd.array([True, False]), pd.array([True, True])),
+        (pd.to_datetime(["2021-11-28", "2021-11-29"]), pd.to_datetime(["2021-11-28", "2021-11-30"])),
+        (pd.array(["a", "b"], dtype="string[pyarrow]")[1:], pd.array(["a", "c"], dtype="string[pyarrow]")[1:]),
+    ]
+    for one, other in kinds:
+        a, b = pd.DataFrame({"c": one}), pd.DataFrame({"c": other})
+        assert batch_digest(a) is not None and batch_digest(a) == batch_digest(a.copy()), one
+        assert batch_digest(a) != batch_digest(b), (one, other)
