@@ -201,7 +201,8 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
         portal, args.election, detection.contests,
         cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.arrow",
         lang=args.lang, processes=args.processes, concurrency=args.concurrency,
-        archive_root=args.raw_dir, deadline=deadline, while_crawling=cycle.warm_quality_gate,
+        archive_root=args.raw_dir, deadline=deadline, while_crawling=cycle.warm_imports,
+        once_parsing=cycle.warm_quality_gate,
         batches=1)  # one crawl task: it has every core
     snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
                                            lang=args.lang, archive_root=args.raw_dir)

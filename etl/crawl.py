@@ -270,6 +270,7 @@ def crawl_contests(
     processes: int,
     cache: PageCache | None = None,
     while_crawling: Callable[[], object] | None = None,
+    once_parsing: Callable[[], object] | None = None,
     deadline: float | None = None,
     max_pages: int | None = None,
     max_query_variants: int | None = None,
@@ -282,9 +283,10 @@ def crawl_contests(
     whose body, apart from its `updated` stamp, is in `cache` is not parsed again.
 
     `while_crawling` runs in a thread of this process, which is otherwise idle while the
-    workers fetch and parse (e.g. importing the quality gate); it starts once a page has
-    been parsed (a crawl that parses nothing, every page reused or failed, does not need
-    it: a re-stamped portal's frames are those the gate validated last time), after the
+    workers fetch and parse (e.g. importing what the next stages need); then, in the same
+    thread, `once_parsing` if a page has been parsed (e.g. importing the quality gate: a
+    crawl that parses nothing, every page reused or failed, need not, as a re-stamped
+    portal's frames are those the gate validated last time). The thread starts once the
     workers are forked, so that no child inherits a lock it holds, and ends before this
     returns.
 
@@ -343,9 +345,16 @@ def crawl_contests(
             future.add_done_callback(finished.put)
 
     side_task: threading.Thread | None = None
+    parsing = _Decision()
     try:
         for contest_id in contest_ids:
             submit([_Visit(contest_id, contest_path(lang, election_id, contest_id), None, None)])
+        if while_crawling is not None or once_parsing is not None:
+            # The first submit forked every worker: no child inherits the thread's locks.
+            side_task = threading.Thread(
+                target=_side_task, args=(while_crawling, once_parsing, parsing),
+                name="while-crawling", daemon=True)
+            side_task.start()
         while pending:
             try:
                 # Fetches end by the deadline on their own; the grace covers a worker
@@ -356,12 +365,8 @@ def crawl_contests(
                                       pending_pages=sum(len(v) for v in pending.values())
                                       ) from None
             outcomes = future.result()
-            if side_task is None and while_crawling is not None and any(
-                    outcome.read_as in (_FAST, _FALLBACK) for outcome in outcomes):
-                # The first submit forked every worker: no child inherits the thread's locks.
-                side_task = threading.Thread(target=_run_logged, args=(while_crawling,),
-                                             name="while-crawling", daemon=True)
-                side_task.start()
+            if not parsing.made and any(o.read_as in (_FAST, _FALLBACK) for o in outcomes):
+                parsing.decide(True)
             for visit, outcome in zip(pending.pop(future), outcomes, strict=True):
                 contest = progress[visit.contest_id]
                 if outcome.record is None:
@@ -376,6 +381,7 @@ def crawl_contests(
         # After a deadline, do not wait for a stuck worker: its fetch ends on its own.
         pool.shutdown(wait=time.time() < ends_at + DEADLINE_GRACE_S, cancel_futures=True)
         _cache = None
+        parsing.decide(False)  # no page was parsed, if nothing said so before
         if side_task is not None:
             side_task.join(timeout=max(0.0, ends_at + DEADLINE_GRACE_S - time.time()))
         if processes <= 1:
@@ -400,6 +406,35 @@ def crawl_contests(
     log.info("crawled %d contests of %s in %.2fs", len(crawls), election_id,
              time.perf_counter() - started)
     return crawled
+
+
+class _Decision:
+    """Whether the crawl parsed a page, told once to the side task waiting for it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.parsed = False
+
+    @property
+    def made(self) -> bool:
+        return self._event.is_set()
+
+    def decide(self, parsed: bool) -> None:
+        if not self._event.is_set():
+            self.parsed = parsed
+            self._event.set()
+
+    def wait(self) -> bool:
+        self._event.wait()
+        return self.parsed
+
+
+def _side_task(while_crawling: Callable[[], object] | None,
+               once_parsing: Callable[[], object] | None, parsing: _Decision) -> None:
+    if while_crawling is not None:
+        _run_logged(while_crawling)
+    if once_parsing is not None and parsing.wait():
+        _run_logged(once_parsing)
 
 
 def _run_logged(task: Callable[[], object]) -> None:
