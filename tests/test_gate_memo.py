@@ -86,7 +86,8 @@ def test_columns_of_every_kind_differ_when_their_values_do() -> None:
         (pd.Series(["x", None], dtype=object), pd.Series(["x", "y"], dtype=object)),
         (pd.array([True, False]), pd.array([True, True])),
         (pd.to_datetime(["2021-11-28", "2021-11-29"]), pd.to_datetime(["2021-11-28", "2021-11-30"])),
-        (pd.array(["a", "b"], dtype="string[pyarrow]")[1:], pd.array(["a", "c"], dtype="string[pyarrow]")[1:]),
+        (pd.array(["a", "b"], dtype="string[pyarrow]")[1:],  # slices of Arrow buffers
+         pd.array(["a", "c"], dtype="string[pyarrow]")[1:]),
     ]
     for one, other in kinds:
         a, b = pd.DataFrame({"c": one}), pd.DataFrame({"c": other})

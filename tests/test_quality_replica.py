@@ -143,6 +143,14 @@ def checked(dirs: dict[str, Path], label: str, previous: str | None,
                       (before["turnout"], before["results"]) if before else None, memo=memo)
 
 
+def memo_of(dirs: dict[str, Path], label: str, path: Path) -> GateMemo:
+    """The memo a validation of `label` (no previous snapshot) leaves, read back from disk."""
+    memo = GateMemo(path)
+    checked(dirs, label, None, memo)
+    memo.save()
+    return GateMemo.load(path)
+
+
 @pytest.mark.parametrize(("label", "previous"), MEMO_CASES)
 def test_the_gate_memo_answers_exactly_as_great_expectations(
     timeline: dict[str, Path], tmp_path: Path, label: str, previous: str | None
@@ -163,11 +171,8 @@ def test_the_gate_memo_answers_exactly_as_great_expectations(
 def test_a_re_stamped_snapshot_is_answered_from_the_memo_under_its_new_id(
     timeline: dict[str, Path], tmp_path: Path
 ) -> None:
-    memo = GateMemo(tmp_path / "memo.json")
-    checked(timeline, "formula-error", None, memo)
-    memo.save()
+    remembered = memo_of(timeline, "formula-error", tmp_path / "memo.json")
     new_id = "jk2021-20211128T235900-000000000000"
-    remembered = GateMemo.load(tmp_path / "memo.json")
     from_memo = checked(timeline, "formula-error", None, remembered, snapshot_id=new_id)
     assert remembered.misses == 0 and remembered.hits > 0
     assert_frame_equal(from_memo, checked(timeline, "formula-error", None, snapshot_id=new_id))
@@ -177,15 +182,12 @@ def test_a_re_stamped_snapshot_is_answered_from_the_memo_under_its_new_id(
 def test_one_changed_cell_is_validated_by_great_expectations_again(
     timeline: dict[str, Path], tmp_path: Path
 ) -> None:
-    memo = GateMemo(tmp_path / "memo.json")
-    checked(timeline, "final", None, memo)
-    memo.save()
+    remembered = memo_of(timeline, "final", tmp_path / "memo.json")
     frames = read_snapshot_frames(timeline["final"])
     results = frames["results"].copy()
     row = results.index[(results["contest_id"] == "list") & (results["votes"] > 0)][0]
     results.loc[row, "votes"] += 1  # one vote more in one precinct: its sums no longer add up
     meta = read_snapshot_meta(timeline["final"])
-    remembered = GateMemo.load(tmp_path / "memo.json")
     from_memo = run_checks(frames["divisions"], frames["turnout"], results, meta, None,
                            memo=remembered)
     assert remembered.misses > 0
