@@ -208,7 +208,7 @@ class GateMemo:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # writers apart
         tmp.write_text(json.dumps({"format": MEMO_FORMAT, "entries": self._used}),
                        encoding="utf-8")
         os.replace(tmp, self.path)
