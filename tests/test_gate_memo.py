@@ -93,3 +93,12 @@ def test_columns_of_every_kind_differ_when_their_values_do() -> None:
         a, b = pd.DataFrame({"c": one}), pd.DataFrame({"c": other})
         assert batch_digest(a) is not None and batch_digest(a) == batch_digest(a.copy()), one
         assert batch_digest(a) != batch_digest(b), (one, other)
+
+
+def test_a_memo_that_cannot_be_written_is_left_not_fatal(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the state directory should be", encoding="utf-8")
+    memo = GateMemo(blocked / "memo.json")
+    memo.put("s", "k1", [RuleOutcome("s", "C6", "one_row", "critical", (), {"column": "x"})])
+    memo.save()  # logged, not raised
+    assert not (blocked / "memo.json").exists()

@@ -21,6 +21,7 @@ unreadable or of another format is an empty memo.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -204,11 +205,21 @@ class GateMemo:
         self._used.setdefault(suite, {})[key] = items
 
     def save(self) -> None:
-        """Write this validation's outcomes (only those: the file stays one snapshot's size)."""
+        """Write this validation's outcomes (only those: the file stays one snapshot's size).
+
+        A memo that cannot be written is logged and left: it only saves work, and the
+        snapshot it was made for is validated either way.
+        """
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # writers apart
-        tmp.write_text(json.dumps({"format": MEMO_FORMAT, "entries": self._used}),
-                       encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"format": MEMO_FORMAT, "entries": self._used}),
+                           encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("gate memo %s not written (%s): the next validation runs GX", self.path,
+                        exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
