@@ -102,13 +102,10 @@ class Faults:
 class _Cached:
     """A rendered page with its response head prepared (everything but Date/Connection)."""
 
-    status: int
+    page: Page
     head: bytes
-    body: bytes
-    etag: str
     modified: float  # POSIX seconds of Last-Modified
     last_modified_line: bytes
-    page: Page
 
 
 @dataclass(frozen=True)
@@ -256,11 +253,11 @@ class Replica:
         if cached is None:
             return _simple(404, b"not found\n", "text/plain; charset=utf-8")
         date = self._http_date()
-        if cached.status == 200 and _not_modified(headers, cached):
+        if cached.page.status == 200 and _not_modified(headers, cached):
             return b"".join(
                 (
                     b"HTTP/1.1 304 Not Modified\r\nETag: ",
-                    cached.etag.encode(),
+                    cached.page.etag.encode(),
                     b"\r\n",
                     cached.last_modified_line,
                     date,
@@ -269,7 +266,7 @@ class Replica:
             )
         if method == "HEAD":
             return cached.head + date + b"\r\n"
-        return b"".join((cached.head, date, b"\r\n", cached.body))
+        return b"".join((cached.head, date, b"\r\n", cached.page.body))
 
     def _page(self, index: int, target: str) -> _Cached | None:
         restamp = self._restamp
@@ -294,7 +291,7 @@ class Replica:
         if page is None:
             return None
         cached = _prepare(page)
-        size = len(cached.body) + len(cached.head)
+        size = len(cached.page.body) + len(cached.head)
         while sum(self._cached_bytes.values()) + size > CACHED_BYTES and len(self._cache) > 1:
             self._cached_bytes.pop(self._cache.popitem(last=False)[0], None)
         if sum(self._cached_bytes.values()) + size <= CACHED_BYTES:
@@ -357,7 +354,7 @@ def _prepare(page: Page) -> _Cached:
         lines.append(f"Retry-After: {page.retry_after}")
     head = ("\r\n".join(lines) + "\r\n").encode()
     last_modified_line = f"Last-Modified: {page.last_modified}\r\n".encode()
-    return _Cached(page.status, head, page.body, page.etag, modified, last_modified_line, page)
+    return _Cached(page, head, modified, last_modified_line)
 
 
 def _not_modified(headers: dict[str, str], cached: _Cached) -> bool:
@@ -365,7 +362,7 @@ def _not_modified(headers: dict[str, str], cached: _Cached) -> bool:
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
         tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-        return "*" in tags or cached.etag in tags
+        return "*" in tags or cached.page.etag in tags
     if_modified_since = headers.get("if-modified-since")
     if if_modified_since is not None:
         try:
