@@ -525,6 +525,12 @@ def reconciliation(
     )
 
 
+def counts_per_contest(contests: pd.Series) -> dict[str, int]:
+    """How many rows each contest has, given the rows' `contest_id`s (missing ones left out):
+    what a check compared, per contest."""
+    return {str(c): int(n) for c, n in contests.value_counts(dropna=True).items()}
+
+
 def revisions(
     turnout: pd.DataFrame,
     keyed: pd.DataFrame,
@@ -579,7 +585,7 @@ def revisions(
          pd.Series(previous.results["contest_id"].array.take(rows[kept_votes]))],
         ignore_index=True,
     )
-    compared = {str(c): int(n) for c, n in contests.value_counts(dropna=True).items()}
+    compared = counts_per_contest(contests)
     if leave_out_unchanged:
         kept_figures &= (figures["current"] != figures["previous"]).fillna(False)
         kept_votes &= (current_votes != previous_votes).fillna(False).to_numpy(dtype=bool)

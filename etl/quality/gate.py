@@ -105,7 +105,7 @@ def run_checks(
         # stands for (`compared`); an empty frame that stands for nothing checked nothing.
         per_contest = compared
         if per_contest is None:
-            per_contest = frame["contest_id"].value_counts(dropna=True).to_dict()
+            per_contest = derive.counts_per_contest(frame["contest_id"])
         if len(frame) or any(per_contest.values()):
             for check_id in dict.fromkeys(runner.check_ids(suite)):
                 for contest, n in per_contest.items():
@@ -195,9 +195,8 @@ def derived_frames(
         if leave_out_still:
             # A share that did not move cannot fail W4 as shipped (see `_still_shares_pass`):
             # such lines are counted as compared, not validated (a re-stamped portal's are all).
-            compared = {str(c): int(n) for c, n in
-                        swings["contest_id"].value_counts(dropna=True).items()}
-            yield "swings", swings[swings["share_change_pp"] != 0].reset_index(drop=True), compared
+            yield ("swings", swings[swings["share_change_pp"] != 0].reset_index(drop=True),
+                   derive.counts_per_contest(swings["contest_id"]))
         else:
             yield "swings", swings, None
 
