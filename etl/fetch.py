@@ -2,9 +2,10 @@
 
 `PortalClient.fetch(path)` returns the page's bytes, archived before anyone parses them.
 Retries are ours, not urllib3's, so that each one is logged with its reason and a
-`Retry-After` from the portal is honoured. urllib3 directly, not `requests`: a whole-portal
-crawl is ~5,000 requests, and requests' per-request layers (sessions, hooks, cookie jars,
-header merging) cost about as much CPU as the rest of fetching and archiving a page.
+`Retry-After` from the portal is honoured. The connections are `etl.transport`'s (the
+standard library's `http.client`), not `requests` or urllib3: a whole-portal crawl is
+~5,000 requests, and their per-request layers cost as much CPU as the rest of fetching
+and archiving a page.
 
 Safety (issue 10): every fetch has a total deadline (a body trickling in byte by byte
 ends at the deadline, not never), a body larger than `CEC_MAX_PAGE_BYTES` is cut off
@@ -14,23 +15,17 @@ archived under the URL that answered, and absolute URLs to another host are refu
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
-import urllib3
-from urllib3.exceptions import HTTPError as TransportError
-from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
-from urllib3.exceptions import TimeoutError as TransportTimeout
-
 from etl import config
 from etl.archive import RawArchive
 from etl.parse import page_encoding
+from etl.transport import ConnectionPool, Response, TransportError, TransportTimeout
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +153,7 @@ class PortalClient:
         self.headers = {"User-Agent": config.USER_AGENT, "Accept-Encoding": "gzip, deflate",
                         "Accept": "*/*"}
         # Proxy settings are read from the environment once (http_proxy, no_proxy, …).
-        self.pool = _pool_for(self.base_url, pool_size, self.headers)
+        self.pool = ConnectionPool(self.base_url, pool_size)
 
     def close(self) -> None:
         """Close pooled connections and the archive's pack."""
@@ -241,7 +236,7 @@ class PortalClient:
             last_reason = f"{last_reason} after {attempts} attempt{'s' * (attempts != 1)}"
         raise FetchError(url, last_reason, last_status)
 
-    def _get(self, url: str, ends_at: float) -> tuple[str, urllib3.BaseHTTPResponse, bytes]:
+    def _get(self, url: str, ends_at: float) -> tuple[str, Response, bytes]:
         """One GET, following redirects on the portal's host only; (URL that answered, response, body).
 
         A redirect to another host is returned as is (the caller refuses it). The body is
@@ -252,33 +247,32 @@ class PortalClient:
             remaining = ends_at - time.time()
             if remaining <= 0:
                 raise _DeadlineHit("no time left")
-            wait = min(self.timeout, remaining)
+            parts = urlsplit(url)
+            target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
             try:
-                response = self.pool.urlopen(
-                    "GET", url, headers=self._request_headers(url),
-                    timeout=urllib3.Timeout(connect=wait, read=wait), preload_content=False,
-                    redirect=False, retries=False)
-            except (TransportError, OSError, http.client.HTTPException) as exc:
+                response = self.pool.get(target, self._request_headers(url),
+                                         min(self.timeout, remaining))
+            except TransportError as exc:
                 raise _transport_failure(exc, self.timeout) from None
             try:
                 location = response.headers.get("Location")
                 if response.status in REDIRECT_STATUS and location:
-                    target = urljoin(url, location)
-                    if same_host(self.base_url, target):
-                        log.info("redirect %d %s -> %s", response.status, url, target)
-                        _drop(response)
-                        url = target
+                    target_url = urljoin(url, location)
+                    if same_host(self.base_url, target_url):
+                        log.info("redirect %d %s -> %s", response.status, url, target_url)
+                        response.discard()
+                        url = target_url
                         continue
                 body = self._read_body(response, ends_at)
             except BaseException:
-                _drop(response)  # a body not read to its end: drop the connection
+                response.discard()  # a body not read to its end: drop the connection
                 raise
             # The whole body was read: the connection goes back to the pool (keep-alive).
-            response.release_conn()
+            response.release()
             return url, response, body
         raise _RequestFailed(f"TooManyRedirects: more than {MAX_REDIRECTS} redirects from {url}")
 
-    def _read_body(self, response: urllib3.BaseHTTPResponse, ends_at: float) -> bytes:
+    def _read_body(self, response: Response, ends_at: float) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise _BodyTooLarge(f"a body of {int(declared)} bytes (Content-Length) is larger "
@@ -287,10 +281,10 @@ class PortalClient:
         size = 0
         try:
             while True:
-                # read1 returns what has arrived (up to a chunk), so a trickling body is
-                # checked against the deadline after every few bytes, not after 64 KB.
-                chunk = response.read1(READ_CHUNK, decode_content=True)
-                if not chunk:
+                # What has arrived (up to a chunk), so a trickling body is checked against
+                # the deadline after every few bytes, not after 64 KB.
+                chunk = response.read_some(READ_CHUNK, self.max_bytes - size + 1)
+                if chunk is None:
                     break
                 size += len(chunk)
                 if size > self.max_bytes:
@@ -299,12 +293,8 @@ class PortalClient:
                 if time.time() > ends_at:
                     raise _DeadlineHit(f"{size} bytes of the body had arrived when the "
                                        f"{self.request_deadline:g}s deadline passed")
-        except (_BodyTooLarge, _DeadlineHit):
-            raise
-        except Exception as exc:  # urllib3's read errors: a truncated or reset body
-            if isinstance(exc, TransportTimeout | TimeoutError):
-                raise _transport_failure(exc, self.timeout) from None
-            raise _RequestFailed(f"ConnectionError: reading the body: {exc}") from exc
+        except TransportError as exc:  # a truncated, reset or undecodable body; a timeout
+            raise _transport_failure(exc, self.timeout) from None
         return b"".join(chunks)
 
     def _request_headers(self, url: str) -> dict[str, str]:
@@ -324,28 +314,8 @@ class PortalClient:
         return headers
 
 
-def _pool_for(base_url: str, pool_size: int, headers: dict[str, str]) -> urllib3.PoolManager:
-    """Keep-alive connections to the portal, through the environment's proxy if it names one."""
-    scheme, netloc = urlsplit(base_url)[:2]
-    proxy = urllib.request.getproxies().get(scheme)
-    if proxy and not urllib.request.proxy_bypass(netloc.rpartition(":")[0] or netloc):
-        return urllib3.ProxyManager(proxy, num_pools=4, maxsize=pool_size, headers=headers)
-    return urllib3.PoolManager(num_pools=4, maxsize=pool_size, headers=headers)
-
-
-def _transport_failure(exc: BaseException, timeout: float) -> _RequestFailed:
+def _transport_failure(exc: TransportError, timeout: float) -> _RequestFailed:
     """The reason a person reads for a failed attempt (as `requests` named them before)."""
-    # NewConnectionError is a ConnectTimeoutError in urllib3's hierarchy: not a timeout.
-    if isinstance(exc, NewConnectionError):
-        return _RequestFailed(f"ConnectionError: {exc}")
-    if isinstance(exc, TransportTimeout | TimeoutError | ReadTimeoutError):
+    if isinstance(exc, TransportTimeout):
         return _RequestFailed(f"timeout after {timeout}s ({exc})")
-    if isinstance(exc, ProtocolError | OSError | http.client.HTTPException):
-        return _RequestFailed(f"ConnectionError: {exc}")
-    return _RequestFailed(f"{exc.__class__.__name__}: {exc}")
-
-
-def _drop(response: urllib3.BaseHTTPResponse) -> None:
-    """Close a response whose body was not read to its end (its connection is not reused)."""
-    response.close()
-    response.release_conn()
+    return _RequestFailed(f"ConnectionError: {exc}")

@@ -1,0 +1,232 @@
+"""Keep-alive HTTP/1.1 connections to the portal, on the standard library's `http.client`.
+
+A whole-portal crawl is ~5,000 requests (100,000 at the scale of issue 9), and the CPU a
+request costs the client bounds every cycle on two cores: urllib3 spent ~0.2 ms a request
+here on layers the crawl does not use (its pool manager, retry and timeout objects, header
+dicts, decoders chosen per response), `http.client` alone ~0.1 ms (`python -m
+bench.fetch_floor`). What the crawl needs from a transport is kept, and tested by the
+hostile-portal corpus:
+
+- keep-alive connections shared by threads (one connection per thread at a time);
+- a request on a reused connection that the server had closed meanwhile is sent again,
+  once, on a new connection (GET is idempotent; urllib3 did the same);
+- connect and read timeouts per request, set by the caller from its deadline;
+- bodies read as they arrive, gzip and deflate decoded incrementally, with the decoded
+  size bounded by the caller's cap (a compressed bomb stops at the cap);
+- a body shorter than its Content-Length, or a compressed stream cut short, is a
+  `TransportError`, never a page;
+- HTTP(S) proxies named by the environment (`http_proxy`, `https_proxy`, `no_proxy`), with
+  basic credentials from the proxy URL.
+
+Redirects, retries, deadlines and the size cap are the caller's (`etl.fetch`).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ssl
+import threading
+import urllib.request
+import zlib
+from urllib.parse import unquote, urlsplit
+
+
+class TransportError(Exception):
+    """A request failed in transport: connecting, sending, reading, or a truncated body."""
+
+
+class TransportTimeout(TransportError):
+    """A connect or a read waited longer than its timeout."""
+
+
+class _Decoder:
+    """Incremental gzip / deflate decoding with a bound on what one call returns."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        # gzip: a header and a trailer; deflate: zlib-wrapped per the RFC, raw in practice
+        # from some servers (tried on the first bytes, as urllib3 and browsers do).
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip"
+                                           else zlib.MAX_WBITS)
+        self._first = encoding == "deflate"
+        self._fed = False
+        self._tail = b""
+
+    @property
+    def pending(self) -> bool:
+        """Compressed input left over from the last call (its output hit the bound)."""
+        return bool(self._tail)
+
+    def feed(self, data: bytes, limit: int) -> bytes:
+        """Decode `data` (after any pending input); at most `limit` bytes are returned."""
+        data, self._tail = self._tail + data, b""
+        self._fed = self._fed or bool(data)
+        try:
+            out = self._inflate.decompress(data, limit)
+        except zlib.error as exc:
+            if not self._first:
+                raise TransportError(f"the {self.encoding} body cannot be decoded: {exc}") from None
+            self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._first = False
+            return self.feed(data, limit)
+        self._first = False
+        self._tail = self._inflate.unconsumed_tail
+        if self.encoding == "gzip" and self._inflate.eof and self._inflate.unused_data:
+            # Several gzip members, one after the other: decode the next one as well.
+            rest = self._inflate.unused_data
+            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._tail = rest
+        return out
+
+    def finish(self) -> None:
+        """The body ended: a compressed stream begun must have ended too (an empty body,
+        a 304's or a HEAD's, is empty whatever its Content-Encoding says)."""
+        if self._tail or self._fed and not self._inflate.eof:
+            raise TransportError(f"the {self.encoding} body ended before its compressed stream")
+
+
+class Response:
+    """A response whose headers have arrived; read the body with `read_some`, then `release`."""
+
+    def __init__(self, raw: http.client.HTTPResponse, connection: http.client.HTTPConnection,
+                 pool: ConnectionPool) -> None:
+        self._raw = raw
+        self._connection = connection
+        self._pool = pool
+        self.status = raw.status
+        self.headers = raw.headers
+        encoding = (raw.headers.get("Content-Encoding") or "").strip().lower()
+        encoding = "gzip" if encoding == "x-gzip" else encoding
+        # Anything else (identity, none, or a coding we did not ask for) is passed as is.
+        self._decoder = _Decoder(encoding) if encoding in ("gzip", "deflate") else None
+
+    def read_some(self, amount: int, limit: int) -> bytes | None:
+        """What of the body has arrived (up to `amount` bytes read, `limit` decoded), or
+        None at its end. May return b"" (compressed bytes that decode to nothing yet), so a
+        caller checking a deadline between calls sees a trickle as it arrives."""
+        decoder = self._decoder
+        if decoder is not None and decoder.pending:
+            return decoder.feed(b"", limit)
+        try:
+            data = self._raw.read1(amount)
+        except TimeoutError as exc:
+            raise TransportTimeout(f"reading the body: {exc or 'timed out'}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransportError(f"reading the body: {exc!r}") from None
+        if not data:
+            left = self._raw.length
+            if left:  # http.client returns b"" when the connection closes early
+                raise TransportError(f"the body ended {left} bytes short of its Content-Length")
+            if decoder is not None:
+                decoder.finish()
+            return None
+        return data if decoder is None else decoder.feed(data, limit)
+
+    def release(self) -> None:
+        """The body was read to its end: the connection goes back to the pool."""
+        self._raw.close()
+        self._pool.put(self._connection)
+
+    def discard(self) -> None:
+        """Close the connection (a body not read to its end cannot be reused)."""
+        self._raw.close()
+        self._connection.close()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one origin, directly or through a proxy."""
+
+    def __init__(self, base_url: str, size: int) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) URL: {base_url}")
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.size = size
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._proxy: tuple[str, int] | None = None
+        self.proxy_headers: dict[str, str] = {}
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(self.host):
+            self._use_proxy(proxy)
+
+    def _use_proxy(self, proxy_url: str) -> None:
+        proxy = urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
+        self._proxy = (proxy.hostname or "", proxy.port or 8080)
+        if proxy.username is not None:
+            credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
+            self.proxy_headers["Proxy-Authorization"] = (
+                "Basic " + base64.b64encode(credentials.encode()).decode("ascii"))
+
+    def _new(self, timeout: float) -> http.client.HTTPConnection:
+        if self._proxy is None:
+            if self.scheme == "https":
+                return http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                                   context=self._tls)
+            return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        proxy_host, proxy_port = self._proxy
+        if self.scheme == "https":  # a CONNECT tunnel through the proxy
+            connection = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=timeout,
+                                                     context=self._tls)
+            connection.set_tunnel(self.host, self.port, headers=self.proxy_headers)
+            return connection
+        return http.client.HTTPConnection(proxy_host, proxy_port, timeout=timeout)
+
+    def get(self, target: str, headers: dict[str, str], timeout: float) -> Response:
+        """Send a GET for `target` (path and query) and wait for the response's headers."""
+        if self._proxy is not None and self.scheme == "http":
+            # A plain HTTP proxy is asked for the absolute URL.
+            target = f"http://{self.host}:{self.port}{target}"
+            headers = headers | self.proxy_headers
+        for _ in range(2):
+            connection, reused = self._take(timeout)
+            try:
+                connection.request("GET", target, headers=headers)
+                raw = connection.getresponse()
+            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
+                # RemoteDisconnected is a ConnectionResetError: on a reused connection, the
+                # server closed it while it was idle in the pool; send again on a new one.
+                connection.close()
+                if reused:
+                    continue
+                raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
+            except TimeoutError as exc:
+                connection.close()
+                raise TransportTimeout(str(exc) or "timed out") from None
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
+            return Response(raw, connection, self)
+        raise AssertionError("unreachable: a new connection is never retried")
+
+    def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection (reused) or a new one; its timeouts set to `timeout`."""
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            return self._new(timeout), False
+        connection.timeout = timeout
+        if connection.sock is None:  # the last response asked to close it
+            return connection, False
+        connection.sock.settimeout(timeout)
+        return connection, True
+
+    def put(self, connection: http.client.HTTPConnection) -> None:
+        """Keep a connection whose last response was read to its end, up to `size` idle."""
+        with self._lock:
+            if len(self._idle) < self.size:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def clear(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+

@@ -1,0 +1,213 @@
+"""The portal client's own HTTP transport (`etl.transport`) against raw sockets on loopback.
+
+What the hostile corpus does not reach: connections the server closes while they are idle
+in the pool, every content coding the client asks for, a compressed body that decodes
+past the size cap or ends before its stream, and a proxy named by the environment.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import socket
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from etl.archive import RawArchive
+from etl.fetch import FetchError, PortalClient
+
+PAGE = b"<!doctype html><html><body>" + b"<p>a line of the page</p>" * 400 + b"</body></html>"
+# (request line, headers) -> (raw response bytes, close the connection after it)
+Handler = Callable[[str, dict[str, str]], tuple[bytes, bool]]
+
+
+def response(body: bytes, *headers: str, length: int | None = None) -> bytes:
+    """A 200 with `body`, its Content-Length (or `length`) and `headers`."""
+    head = ["HTTP/1.1 200 OK", "Content-Type: text/html; charset=utf-8",
+            f"Content-Length: {len(body) if length is None else length}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class SocketServer:
+    """A loopback server that reads requests on keep-alive connections and answers each
+    with what `handler` returns; it counts connections and keeps every request seen."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> SocketServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._listener.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._talk, args=(connection,), daemon=True).start()
+
+    def _talk(self, connection: socket.socket) -> None:
+        try:
+            self._answer(connection)
+        except OSError:
+            pass  # the client closed its end first
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as incoming:
+            while True:
+                request_line = incoming.readline().decode("latin-1").strip()
+                if not request_line:
+                    return
+                headers = {}
+                while (line := incoming.readline().decode("latin-1").strip()):
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                self.requests.append((request_line, headers))
+                raw, close = self.handler(request_line, headers)
+                connection.sendall(raw)
+                if close:
+                    return
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[RawArchive]:
+    store = RawArchive(tmp_path / "raw")
+    yield store
+    store.close()
+
+
+def client(base_url: str, archive: RawArchive, **kwargs: object) -> PortalClient:
+    return PortalClient(base_url, archive, retries=2, backoff_s=0.01, timeout=5.0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_connection_closed_while_idle_is_replaced_without_a_retry(
+    archive: RawArchive, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The server promises keep-alive (no `Connection: close`) and closes every connection
+    # after one response: each next request finds its pooled connection closed.
+    with SocketServer(lambda _line, _headers: (response(PAGE), True)) as server:
+        portal = client(server.base_url, archive)
+        caplog.set_level(logging.WARNING, logger="etl.fetch")
+        pages = [portal.fetch(f"/page/{n}") for n in range(4)]
+        portal.close()
+    assert [page.body for page in pages] == [PAGE] * 4
+    assert server.connections == 4
+    assert not [r for r in caplog.records if r.getMessage().startswith("retry")]
+
+
+def test_keep_alive_connections_are_reused(archive: RawArchive) -> None:
+    with SocketServer(lambda _line, _headers: (response(PAGE), False)) as server:
+        portal = client(server.base_url, archive)
+        for n in range(5):
+            portal.fetch(f"/page/{n}")
+        portal.close()
+    assert server.connections == 1
+    assert len(server.requests) == 5
+
+
+def _raw_deflate(body: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(body) + compressor.flush()
+
+
+@pytest.mark.parametrize(("coding", "encode"), [
+    ("gzip", gzip.compress),
+    ("x-gzip", gzip.compress),
+    ("gzip", lambda body: gzip.compress(body[:1000]) + gzip.compress(body[1000:])),  # two members
+    ("deflate", zlib.compress),  # zlib-wrapped, as the RFC says
+    ("deflate", _raw_deflate),  # raw, as some servers send it
+])
+def test_every_content_coding_asked_for_is_decoded(
+    archive: RawArchive, coding: str, encode: Callable[[bytes], bytes],
+) -> None:
+    encoded = encode(PAGE)
+    with SocketServer(lambda _line, _headers: (
+            response(encoded, f"Content-Encoding: {coding}"), False)) as server:
+        portal = client(server.base_url, archive)
+        page = portal.fetch("/page")
+        portal.close()
+    assert page.body == PAGE
+    assert server.requests[0][1]["accept-encoding"] == "gzip, deflate"
+    assert archive.read(page.sha256) == PAGE
+
+
+def test_a_compressed_body_past_the_cap_is_refused_at_the_cap(archive: RawArchive) -> None:
+    bomb = gzip.compress(b"\0" * 50_000_000)  # ~50 KB on the wire, 50 MB decoded
+    with SocketServer(lambda _line, _headers: (
+            response(bomb, "Content-Encoding: gzip"), False)) as server:
+        portal = client(server.base_url, archive, max_bytes=100_000)
+        with pytest.raises(FetchError, match="cap") as refused:
+            portal.fetch("/page")
+        portal.close()
+    assert refused.value.reason.startswith("refused: ")
+    assert len(server.requests) == 1  # refused, not retried
+
+
+def test_a_compressed_stream_cut_short_is_a_failure_not_a_page(archive: RawArchive) -> None:
+    whole = gzip.compress(PAGE)
+    cut = whole[: len(whole) // 2]  # the Content-Length matches what is sent
+    with SocketServer(lambda _line, _headers: (
+            response(cut, "Content-Encoding: gzip"), False)) as server:
+        portal = client(server.base_url, archive)
+        with pytest.raises(FetchError, match="ended before its compressed stream"):
+            portal.fetch("/page")
+        portal.close()
+    assert len(server.requests) == 3  # retried, as any truncated body
+    assert archive.latest(f"{server.base_url}/page") is None
+
+
+def test_a_body_short_of_its_content_length_is_a_failure(archive: RawArchive) -> None:
+    with SocketServer(lambda _line, _headers: (
+            response(PAGE[:500], length=len(PAGE)), True)) as server:
+        portal = client(server.base_url, archive)
+        with pytest.raises(FetchError, match="short of its Content-Length"):
+            portal.fetch("/page")
+        portal.close()
+    assert archive.latest(f"{server.base_url}/page") is None
+
+
+def test_pages_go_through_the_proxy_the_environment_names(
+    archive: RawArchive, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The proxy answers for the portal itself: what matters is what it was asked.
+    with SocketServer(lambda _line, _headers: (response(PAGE), False)) as proxy:
+        monkeypatch.setenv("http_proxy", f"http://night%20shift:s3cret@127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("no_proxy", "")
+        portal = client("http://portal.invalid:8080", archive)
+        page = portal.fetch("/ru/results/jk2021/")
+        portal.close()
+    assert page.body == PAGE
+    request_line, headers = proxy.requests[0]
+    assert request_line == "GET http://portal.invalid:8080/ru/results/jk2021/ HTTP/1.1"
+    assert headers["host"] == "portal.invalid:8080"
+    assert headers["proxy-authorization"] == "Basic bmlnaHQgc2hpZnQ6czNjcmV0"  # night shift:s3cret
+
+
+def test_a_host_in_no_proxy_is_reached_directly(
+    archive: RawArchive, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with SocketServer(lambda _line, _headers: (response(PAGE), False)) as portal_server:
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        portal = client(portal_server.base_url, archive)
+        assert portal.fetch("/page").body == PAGE
+        portal.close()
+    assert portal_server.requests[0][0] == "GET /page HTTP/1.1"
