@@ -82,7 +82,7 @@ class _Decoder:
     def finish(self) -> None:
         """The body ended: a compressed stream begun must have ended too (an empty body,
         a 304's or a HEAD's, is empty whatever its Content-Encoding says)."""
-        if self._tail or self._fed and not self._inflate.eof:
+        if self._tail or (self._fed and not self._inflate.eof):
             raise TransportError(f"the {self.encoding} body ended before its compressed stream")
 
 

@@ -7,6 +7,7 @@ past the size cap or ends before its stream, and a proxy named by the environmen
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import socket
@@ -65,10 +66,8 @@ class SocketServer:
             threading.Thread(target=self._talk, args=(connection,), daemon=True).start()
 
     def _talk(self, connection: socket.socket) -> None:
-        try:
+        with contextlib.suppress(OSError):  # the client closed its end first
             self._answer(connection)
-        except OSError:
-            pass  # the client closed its end first
 
     def _answer(self, connection: socket.socket) -> None:
         with connection, connection.makefile("rb") as incoming:
