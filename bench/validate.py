@@ -46,7 +46,7 @@ from typing import Any
 import pandas as pd
 
 from bench import save_report
-from etl.cycle import process_memory_mib
+from etl.memory import process_memory_mib
 from etl.quality import validate_snapshot
 
 log = logging.getLogger("bench.validate")

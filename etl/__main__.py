@@ -196,6 +196,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
                       warehouse: str, deadline: float) -> dict[str, Any]:
     """Crawl, assemble, validate and publish within the cycle's deadline; the summary."""
     from etl import cycle
+    from etl.memory import release_memory
 
     batch = cycle.crawl_batch(
         portal, args.election, detection.contests,
@@ -207,10 +208,10 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
                                            lang=args.lang, archive_root=args.raw_dir)
     cycle.check_deadline(deadline, "validation")
-    cycle.release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
+    release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
     cycle.validate_stage(snapshot_dir, warehouse)
     cycle.check_deadline(deadline, "publication")
-    cycle.release_memory(after="validation")
+    release_memory(after="validation")
     return cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
 
 

@@ -393,40 +393,6 @@ def _merge_parsed_pages(parts: Sequence[Path], target: Path) -> None:
         pq.write_table(pa.concat_tables(tables), target, compression="zstd")
 
 
-def release_memory(after: str) -> None:
-    """Hand memory freed by a finished stage back to the system before the next one.
-
-    One `etl run` crawls, assembles and validates in one process; without this, what the
-    crawl and the assembly freed stays in the allocators' caches (pyarrow's mimalloc pool,
-    glibc's arenas) and adds to the gate's peak (issue 9's memory budget).
-    """
-    import ctypes
-    import gc
-
-    import pyarrow as pa
-
-    before = process_memory_mib("VmRSS") or float("nan")
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: the pool's release it is
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    log.info("memory after %s: RSS %.0f -> %.0f MiB", after, before,
-             process_memory_mib("VmRSS") or float("nan"))
-
-
-def process_memory_mib(field: str) -> float | None:
-    """A memory figure of this process's /proc/self/status (VmRSS, VmHWM, …) in MiB; None
-    where there is none (not Linux)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def warm_imports() -> None:
     """Import what assembling, validating and loading a snapshot need (pandas, Parquet,
     DuckDB), e.g. in a thread while the crawl's workers fetch: ~1 s off the critical path."""

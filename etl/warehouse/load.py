@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from etl import schema
 from etl.elections import ElectionRules, load_election
+from etl.memory import release_memory
 from etl.warehouse.backends import Backend, connect, redact, typed_frame
 from etl.warehouse.migrations import (
     MIGRATIONS,
@@ -145,6 +146,9 @@ def load_snapshot(
     if rules is None:
         rules = _rules_or_none(manifest.election_id)
     staged = stage_snapshot(snapshot_dir, rules)
+    # Reading the Parquet files peaks well above the staged tables, and DuckDB's index
+    # builds on top of what is left: at 100,000 precincts, 1.63 -> 1.12 GiB peak.
+    release_memory(after="staging the snapshot")
     snapshot_id = staged.snapshot_id
     with connect(warehouse_url) as db:
         _migrate(db)
