@@ -49,9 +49,13 @@ class _Decoder:
         # from some servers (tried on the first bytes, as urllib3 and browsers do).
         self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip"
                                            else zlib.MAX_WBITS)
-        self._first = encoding == "deflate"
+        # deflate: what was fed before the first output, replayed as raw deflate if zlib's
+        # header turns out wrong (one byte passes its check; the error comes later).
+        self._undecided: bytes | None = b"" if encoding == "deflate" else None
         self._fed = False
         self._tail = b""
+        self._later_member = False  # gzip: a complete member was decoded
+        self._swallow = False  # gzip: bytes after the members that are not one, ignored
 
     @property
     def pending(self) -> bool:
@@ -60,28 +64,42 @@ class _Decoder:
 
     def feed(self, data: bytes, limit: int) -> bytes:
         """Decode `data` (after any pending input); at most `limit` bytes are returned."""
+        if self._swallow:
+            self._tail = b""
+            return b""
         data, self._tail = self._tail + data, b""
         self._fed = self._fed or bool(data)
+        if self._undecided is not None:
+            self._undecided += data
         try:
             out = self._inflate.decompress(data, limit)
         except zlib.error as exc:
-            if not self._first:
-                raise TransportError(f"the {self.encoding} body cannot be decoded: {exc}") from None
-            self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-            self._first = False
-            return self.feed(data, limit)
-        self._first = False
+            if self._undecided is not None:  # not zlib-wrapped: raw deflate, from the start
+                replay, self._undecided = self._undecided, None
+                self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+                return self.feed(replay, limit)
+            if self._later_member:
+                # Bytes after a complete gzip member that are not another member (padding):
+                # ignored, as urllib3 and browsers do.
+                self._swallow = True
+                return b""
+            raise TransportError(f"the {self.encoding} body cannot be decoded: {exc}") from None
+        if out or self._inflate.eof:
+            self._undecided = None
         self._tail = self._inflate.unconsumed_tail
         if self.encoding == "gzip" and self._inflate.eof and self._inflate.unused_data:
             # Several gzip members, one after the other: decode the next one as well.
             rest = self._inflate.unused_data
             self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
             self._tail = rest
+            self._later_member = True
         return out
 
     def finish(self) -> None:
         """The body ended: a compressed stream begun must have ended too (an empty body,
         a 304's or a HEAD's, is empty whatever its Content-Encoding says)."""
+        if self._swallow:
+            return
         if self._tail or (self._fed and not self._inflate.eof):
             raise TransportError(f"the {self.encoding} body ended before its compressed stream")
 
@@ -96,6 +114,9 @@ class Response:
         self._pool = pool
         self.status = raw.status
         self.headers = raw.headers
+        # RFC 9112 §6.3: no body after a 204 or a 304, whatever Transfer-Encoding says
+        # (http.client would wait for a chunk that never comes).
+        self._bodiless = raw.status in (204, 304)
         encoding = (raw.headers.get("Content-Encoding") or "").strip().lower()
         encoding = "gzip" if encoding == "x-gzip" else encoding
         # Anything else (identity, none, or a coding we did not ask for) is passed as is.
@@ -105,6 +126,8 @@ class Response:
         """What of the body has arrived (up to `amount` bytes read, `limit` decoded), or
         None at its end. May return b"" (compressed bytes that decode to nothing yet), so a
         caller checking a deadline between calls sees a trickle as it arrives."""
+        if self._bodiless:
+            return None
         decoder = self._decoder
         if decoder is not None and decoder.pending:
             return decoder.feed(b"", limit)
@@ -156,7 +179,7 @@ class ConnectionPool:
 
     def _use_proxy(self, proxy_url: str) -> None:
         proxy = urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
-        self._proxy = (proxy.hostname or "", proxy.port or 8080)
+        self._proxy = (proxy.hostname or "", proxy.port or 80)
         if proxy.username is not None:
             credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
             self.proxy_headers["Proxy-Authorization"] = (
@@ -182,8 +205,11 @@ class ConnectionPool:
             # A plain HTTP proxy is asked for the absolute URL.
             target = f"http://{self.host}:{self.port}{target}"
             headers = headers | self.proxy_headers
-        for _ in range(2):
-            connection, reused = self._take(timeout)
+        for attempt in range(2):
+            # Once a reused connection was found closed, the others idle as long may be too:
+            # the second attempt is on a new connection.
+            connection, reused = (self._take(timeout) if attempt == 0
+                                  else (self._new(timeout), False))
             try:
                 connection.request("GET", target, headers=headers)
                 raw = connection.getresponse()
@@ -200,8 +226,14 @@ class ConnectionPool:
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
+            if raw.status < 200:
+                # http.client skips 100 Continue only; another 1xx (103 Early Hints) comes
+                # back as if final, the real response still unread on the connection.
+                connection.close()
+                raise TransportError(f"an interim response ({raw.status}) where a final one "
+                                     "was expected")
             return Response(raw, connection, self)
-        raise AssertionError("unreachable: a new connection is never retried")
+        raise TransportError("the server closed a new connection as well")
 
     def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         """An idle connection (reused) or a new one; its timeouts set to `timeout`."""

@@ -12,8 +12,10 @@ import gzip
 import logging
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,9 @@ from etl.archive import RawArchive
 from etl.fetch import FetchError, PortalClient
 
 PAGE = b"<!doctype html><html><body>" + b"<p>a line of the page</p>" * 400 + b"</body></html>"
-# (request line, headers) -> (raw response bytes, close the connection after it)
-Handler = Callable[[str, dict[str, str]], tuple[bytes, bool]]
+# (request line, headers) -> (raw response bytes, close the connection after it); a list
+# of byte strings is sent piece by piece, 50 ms apart.
+Handler = Callable[[str, dict[str, str]], tuple[bytes | list[bytes], bool]]
 
 
 def response(body: bytes, *headers: str, length: int | None = None) -> bytes:
@@ -81,7 +84,10 @@ class SocketServer:
                     headers[name.strip().lower()] = value.strip()
                 self.requests.append((request_line, headers))
                 raw, close = self.handler(request_line, headers)
-                connection.sendall(raw)
+                for n, piece in enumerate([raw] if isinstance(raw, bytes) else raw):
+                    if n:
+                        time.sleep(0.05)
+                    connection.sendall(piece)
                 if close:
                     return
 
@@ -110,6 +116,65 @@ def test_a_connection_closed_while_idle_is_replaced_without_a_retry(
     assert [page.body for page in pages] == [PAGE] * 4
     assert server.connections == 4
     assert not [r for r in caplog.records if r.getMessage().startswith("retry")]
+
+
+def test_every_idle_connection_closed_by_the_server_still_costs_no_retry(
+    archive: RawArchive, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two connections idle in the pool, both closed by the server (its keep-alive timeout
+    # passed): the request finds one closed and goes on a new connection, not the other.
+    def slow_then_close(_line: str, _headers: dict[str, str]) -> tuple[bytes, bool]:
+        time.sleep(0.2)  # the two first requests overlap: two connections
+        return response(PAGE), True
+
+    with SocketServer(slow_then_close) as server:
+        portal = client(server.base_url, archive)
+        caplog.set_level(logging.WARNING, logger="etl.fetch")
+        with ThreadPoolExecutor(2) as threads:
+            list(threads.map(portal.fetch, ["/a", "/b"]))
+        assert len(portal.pool._idle) == 2
+        assert portal.fetch("/c").body == PAGE
+        portal.close()
+    assert server.connections == 3
+    assert not [r for r in caplog.records if r.getMessage().startswith("retry")]
+
+
+def test_an_interim_response_never_shifts_answers_to_the_next_request(archive: RawArchive) -> None:
+    # 103 Early Hints before /a's page: read as final, it would leave /a's 200 in the socket
+    # for whatever was asked next on the connection.
+    def early_hints_on_a(line: str, _headers: dict[str, str]) -> tuple[bytes, bool]:
+        path = line.split()[1]
+        page = response(f"page of {path}".encode())
+        if path == "/a":
+            return b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n" + page, False
+        return page, False
+
+    with SocketServer(early_hints_on_a) as server:
+        portal = client(server.base_url, archive)
+        with pytest.raises(FetchError, match="interim response"):
+            portal.fetch("/a")
+        assert portal.fetch("/b").body == b"page of /b"
+        assert portal.fetch("/c").body == b"page of /c"
+        portal.close()
+
+
+def test_a_304_with_transfer_encoding_chunked_has_no_body_to_wait_for(archive: RawArchive) -> None:
+    def etag_then_304(_line: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        if headers.get("if-none-match") == '"v1"':
+            return (b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"), False
+        return response(PAGE, 'ETag: "v1"'), False
+
+    with SocketServer(etag_then_304) as server:
+        portal = client(server.base_url, archive)
+        portal.fetch("/page")
+        again = portal.fetch("/page")
+        again_on_the_same_connection = portal.fetch("/page")
+        portal.close()
+    assert again.not_modified and again.body == PAGE
+    assert again_on_the_same_connection.not_modified
+    assert len(server.requests) == 3  # no retry
+    assert server.connections == 1
 
 
 def test_keep_alive_connections_are_reused(archive: RawArchive) -> None:
@@ -146,6 +211,27 @@ def test_every_content_coding_asked_for_is_decoded(
     assert page.body == PAGE
     assert server.requests[0][1]["accept-encoding"] == "gzip, deflate"
     assert archive.read(page.sha256) == PAGE
+
+
+def test_raw_deflate_is_recognised_when_its_first_byte_arrives_alone(archive: RawArchive) -> None:
+    encoded = _raw_deflate(PAGE)
+    head = response(encoded, "Content-Encoding: deflate")[: -len(encoded)]
+    with SocketServer(lambda _line, _headers: (
+            [head + encoded[:1], encoded[1:]], False)) as server:
+        portal = client(server.base_url, archive)
+        page = portal.fetch("/page")
+        portal.close()
+    assert page.body == PAGE
+
+
+def test_padding_after_the_gzip_members_is_ignored(archive: RawArchive) -> None:
+    padded = gzip.compress(PAGE) + b"\0" * 16
+    with SocketServer(lambda _line, _headers: (
+            response(padded, "Content-Encoding: gzip"), False)) as server:
+        portal = client(server.base_url, archive)
+        page = portal.fetch("/page")
+        portal.close()
+    assert page.body == PAGE
 
 
 def test_a_compressed_body_past_the_cap_is_refused_at_the_cap(archive: RawArchive) -> None:
