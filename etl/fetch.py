@@ -1,7 +1,7 @@
 """HTTP client for the portal: pooled session, deadlines, retries, conditional requests.
 
 `PortalClient.fetch(path)` returns the page's bytes, archived before anyone parses them.
-Retries are ours, not urllib3's, so that each one is logged with its reason and a
+Retries are here, not in the transport, so that each one is logged with its reason and a
 `Retry-After` from the portal is honoured. The connections are `etl.transport`'s (the
 standard library's `http.client`), not `requests` or urllib3: a whole-portal crawl is
 ~5,000 requests, and their per-request layers cost as much CPU as the rest of fetching
