@@ -4,8 +4,8 @@ A whole-portal crawl is ~5,000 requests (100,000 at the scale of issue 9), and t
 request costs the client bounds every cycle on two cores: urllib3 spent ~0.2 ms a request
 here on layers the crawl does not use (its pool manager, retry and timeout objects, header
 dicts, decoders chosen per response), `http.client` alone ~0.1 ms (`python -m
-bench.fetch_floor`). What the crawl needs from a transport is kept, and tested by the
-hostile-portal corpus:
+bench.fetch_floor`). What the crawl needs from a transport is kept, and tested by
+`tests/test_transport.py` and the hostile-portal corpus:
 
 - keep-alive connections shared by threads (one connection per thread at a time);
 - a request on a reused connection that the server had closed meanwhile is sent again,
@@ -46,7 +46,7 @@ class _Decoder:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         # gzip: a header and a trailer; deflate: zlib-wrapped per the RFC, raw in practice
-        # from some servers (tried on the first bytes, as urllib3 and browsers do).
+        # from some servers (decided on the first output, as urllib3 and browsers do).
         self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip"
                                            else zlib.MAX_WBITS)
         # deflate: what was fed before the first output, replayed as raw deflate if zlib's
@@ -261,4 +261,3 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
-

@@ -147,7 +147,7 @@ def load_snapshot(
         rules = _rules_or_none(manifest.election_id)
     staged = stage_snapshot(snapshot_dir, rules)
     # Reading the Parquet files peaks well above the staged tables, and DuckDB's index
-    # builds on top of what is left: at 100,000 precincts, 1.63 -> 1.12 GiB peak.
+    # builds on top of what is left: at 100,000 precincts, 1.63 -> 1.18 GiB peak.
     release_memory(after="staging the snapshot")
     snapshot_id = staged.snapshot_id
     with connect(warehouse_url) as db:
