@@ -251,7 +251,12 @@ class PortalClient:
             target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
             try:
                 response = self.pool.get(target, self._request_headers(url),
-                                         min(self.timeout, remaining))
+                                         min(self.timeout, remaining), deadline=ends_at)
+            except TransportTimeout as exc:
+                if exc.deadline:
+                    raise _DeadlineHit("the response's status line and headers had not all "
+                                       "arrived when it passed") from None
+                raise _transport_failure(exc, self.timeout) from None
             except TransportError as exc:
                 raise _transport_failure(exc, self.timeout) from None
             try:
@@ -293,7 +298,12 @@ class PortalClient:
                 if time.time() > ends_at:
                     raise _DeadlineHit(f"{size} bytes of the body had arrived when the "
                                        f"{self.request_deadline:g}s deadline passed")
-        except TransportError as exc:  # a truncated, reset or undecodable body; a timeout
+        except TransportTimeout as exc:
+            if exc.deadline:
+                raise _DeadlineHit(f"{size} bytes of the body had arrived when the "
+                                   f"{self.request_deadline:g}s deadline passed") from None
+            raise _transport_failure(exc, self.timeout) from None
+        except TransportError as exc:  # a truncated, reset or undecodable body
             raise _transport_failure(exc, self.timeout) from None
         return b"".join(chunks)
 

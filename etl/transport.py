@@ -10,7 +10,10 @@ bench.fetch_floor`). What the crawl needs from a transport is kept, and tested b
 - keep-alive connections shared by threads (one connection per thread at a time);
 - a request on a reused connection that the server had closed meanwhile is sent again,
   once, on a new connection (GET is idempotent; urllib3 did the same);
-- connect and read timeouts per request, set by the caller from its deadline;
+- connect and read timeouts per request, and a deadline per request that every read of
+  the response waits no longer than: its status line, headers and chunk-size lines as
+  well as its body, so a server trickling any of them a byte at a time (each within the
+  read timeout) cannot hold a fetch past its deadline;
 - bodies read as they arrive, gzip and deflate decoded incrementally, with the decoded
   size bounded by the caller's cap (a compressed bomb stops at the cap);
 - a body shorter than its Content-Length, or a compressed stream cut short, is a
@@ -24,11 +27,16 @@ Redirects, retries, deadlines and the size cap are the caller's (`etl.fetch`).
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
+import io
+import socket
 import ssl
 import threading
+import time
 import urllib.request
 import zlib
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 
@@ -37,7 +45,16 @@ class TransportError(Exception):
 
 
 class TransportTimeout(TransportError):
-    """A connect or a read waited longer than its timeout."""
+    """A connect or a read waited longer than its timeout, or until the request's deadline
+    (`deadline` true)."""
+
+    def __init__(self, message: str, *, deadline: bool = False) -> None:
+        super().__init__(message)
+        self.deadline = deadline
+
+
+class _DeadlinePassed(TimeoutError):
+    """A read of the response reached the request's deadline."""
 
 
 class _Decoder:
@@ -104,6 +121,56 @@ class _Decoder:
             raise TransportError(f"the {self.encoding} body ended before its compressed stream")
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's socket stream whose every read waits at most the read timeout and
+    never past the request's deadline (epoch seconds)."""
+
+    def __init__(self, stream: io.RawIOBase, sock: socket.socket, timeout: float,
+                 deadline: float) -> None:
+        # `stream` is the socket's own reader (`socket.makefile`): while it is open, the
+        # socket stays open, as http.client expects of a response that outlives its
+        # connection's close (a body read until the server closes).
+        self._stream = stream
+        self._sock = sock
+        self._timeout = timeout
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
+        left = self._deadline - time.time()
+        if left <= 0:
+            raise _DeadlinePassed("the deadline passed before the whole response had arrived")
+        wait = min(self._timeout, left)
+        if wait != self._sock.gettimeout():  # only near the deadline: the call costs syscalls
+            self._sock.settimeout(wait)
+        try:
+            return self._stream.readinto(buffer)
+        except TimeoutError:
+            if wait < self._timeout:
+                raise _DeadlinePassed("the deadline passed before the whole response had "
+                                      "arrived") from None
+            raise
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """`http.client`'s response, reading the socket through a `_DeadlineReader`: the status
+    line, headers and chunk-size lines are read line by line, and without a deadline a
+    line trickling in byte by byte would wait up to a read timeout per byte."""
+
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
+                 url: str | None = None, *, timeout: float, deadline: float) -> None:
+        super().__init__(sock, debuglevel, method, url)
+        stream = self.fp.detach()  # nothing read yet: its buffer is empty
+        self.fp = io.BufferedReader(_DeadlineReader(stream, sock, timeout, deadline))
+
+
 class Response:
     """A response whose headers have arrived; read the body with `read_some`, then `release`."""
 
@@ -134,7 +201,8 @@ class Response:
         try:
             data = self._raw.read1(amount)
         except TimeoutError as exc:
-            raise TransportTimeout(f"reading the body: {exc or 'timed out'}") from None
+            raise TransportTimeout(f"reading the body: {exc or 'timed out'}",
+                                   deadline=isinstance(exc, _DeadlinePassed)) from None
         except (OSError, http.client.HTTPException) as exc:
             raise TransportError(f"reading the body: {exc!r}") from None
         if not data:
@@ -199,8 +267,13 @@ class ConnectionPool:
             return connection
         return http.client.HTTPConnection(proxy_host, proxy_port, timeout=timeout)
 
-    def get(self, target: str, headers: dict[str, str], timeout: float) -> Response:
-        """Send a GET for `target` (path and query) and wait for the response's headers."""
+    def get(self, target: str, headers: dict[str, str], timeout: float,
+            deadline: float | None = None) -> Response:
+        """Send a GET for `target` (path and query) and wait for the response's headers.
+
+        `timeout` bounds connecting and each read; `deadline` (epoch seconds), if given,
+        every read of the response, body included: none waits past it.
+        """
         if self._proxy is not None and self.scheme == "http":
             # A plain HTTP proxy is asked for the absolute URL.
             target = f"http://{self.host}:{self.port}{target}"
@@ -210,6 +283,11 @@ class ConnectionPool:
             # the second attempt is on a new connection.
             connection, reused = (self._take(timeout) if attempt == 0
                                   else (self._new(timeout), False))
+            # http.client calls `response_class(sock, method=…)`: a partial will do.
+            factory: Any = (http.client.HTTPResponse if deadline is None else
+                            functools.partial(_DeadlineResponse, timeout=timeout,
+                                              deadline=deadline))
+            connection.response_class = factory
             try:
                 connection.request("GET", target, headers=headers)
                 raw = connection.getresponse()
@@ -222,7 +300,8 @@ class ConnectionPool:
                 raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
             except TimeoutError as exc:
                 connection.close()
-                raise TransportTimeout(str(exc) or "timed out") from None
+                raise TransportTimeout(str(exc) or "timed out",
+                                       deadline=isinstance(exc, _DeadlinePassed)) from None
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 raise TransportError(f"{exc.__class__.__name__}: {exc}") from None

@@ -269,6 +269,32 @@ def test_a_body_short_of_its_content_length_is_a_failure(archive: RawArchive) ->
     assert archive.latest(f"{server.base_url}/page") is None
 
 
+TRICKLED_HEAD = response(PAGE).split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("pieces", [
+    # the status line and headers, one byte every 50 ms (~5 s in all)
+    [bytes([byte]) for byte in TRICKLED_HEAD] + [PAGE],
+    # a chunked body whose first chunk-size line is padded with zeros, trickled
+    [b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n",
+     *[b"0"] * 90, f"{len(PAGE):x}\r\n".encode() + PAGE + b"\r\n0\r\n\r\n"],
+], ids=["head", "chunk-size-line"])
+def test_a_response_trickled_line_by_line_ends_at_the_request_deadline(
+        archive: RawArchive, pieces: list[bytes]) -> None:
+    # Every byte arrives well within the read timeout, so only the request's deadline can
+    # end the fetch; http.client reads these lines byte by byte until each one is whole.
+    assert 0.05 * len(pieces) > 4
+    with SocketServer(lambda _line, _headers: (pieces, True)) as server:
+        portal = client(server.base_url, archive, request_deadline=1.0)
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="deadline"):
+            portal.fetch("/page")
+        elapsed = time.monotonic() - started
+        portal.close()
+    assert elapsed < 2.5
+    assert archive.latest(f"{server.base_url}/page") is None
+
+
 def test_pages_go_through_the_proxy_the_environment_names(
     archive: RawArchive, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
