@@ -679,7 +679,7 @@ def test_a_restamped_page_is_the_page_rendered_restamped(scenario_id: str, label
         for seconds in (60, 3600.5, -86400):
             before = renderer.render(index, path)
             assert before is not None, path
-            moved = renderer.restamped(index, before, timedelta(seconds=seconds))
+            moved = renderer.restamped(index, before, timedelta(seconds=seconds), path)
             expected = renderer.render(index, path, restamp=timedelta(seconds=seconds))
             if moved is None:  # rendered again: maintenance, or no one time element
                 assert (label == "withdrawn-maintenance"

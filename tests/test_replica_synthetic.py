@@ -6,14 +6,17 @@ pipeline's own crawler and parser, and checked by the real quality gate.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 from etl.quality import validate_snapshot
 from etl.replica import ReplicaServer, load_scenario
+from etl.replica.render import PortalRenderer
 from etl.replica.synthetic import MISPRINT_LABEL, N_REGIONS, N_SINGLE_MEMBER, build_synthetic
 from etl.scrape import scrape
 
@@ -135,3 +138,51 @@ def test_clean_snapshots_pass_the_gate_and_the_misprint_is_caught(tmp_path: Path
     after = _scrape(tmp_path, 500, "counting-7", "after")
     assert validate_snapshot(after, previous_dir=before,
                              report_dir=tmp_path / "reports").critical_contests == frozenset()
+
+
+def test_a_page_validator_changes_exactly_when_the_page_does() -> None:
+    # The replica answers a conditional request for an unchanged page from its validator,
+    # without rendering it: the validator must be the page's identity, byte for byte.
+    scenario = load_scenario("synthetic", precincts=300)
+    renderer = PortalRenderer(scenario)
+    paths = [f"/ru/results/{ELECTION}/{contest_id}/{division_id}/"
+             for contest_id, contest in scenario.contests.items() for division_id in contest.divisions]
+    for restamp in (timedelta(0), timedelta(seconds=90)):
+        last: dict[str, tuple[str, bytes]] = {}
+        unchanged = changed = 0
+        for index in range(len(scenario.snapshots)):
+            for path in paths:
+                page = renderer.render(index, path, restamp=restamp)
+                assert page is not None
+                tag = renderer.validator(index, path, restamp=restamp)
+                assert tag == page.etag  # what a 200 carries is what a 304 is decided on
+                if path in last:
+                    before_tag, before_body = last[path]
+                    assert (tag == before_tag) == (page.body == before_body), (index, path)
+                    unchanged += tag == before_tag
+                    changed += tag != before_tag
+                last[path] = (tag, page.body)
+        assert unchanged and changed  # both cases were met
+    kg2021 = PortalRenderer(load_scenario("kg2021"))
+    assert kg2021.validator(0, "/ru/results/jk2021/list/") is None  # every page re-stamped
+
+
+def test_an_unchanged_page_is_answered_304_and_a_recounted_one_200() -> None:
+    scenario = load_scenario("synthetic", precincts=2_000)
+    contest = scenario.contests["list"]
+    precincts = [d for d in contest.divisions if contest.divisions[d].level == "precinct"]
+    with ReplicaServer(scenario, at="counting-complete") as server, requests.Session() as http:
+        before = {p: http.get(f"{server.base_url}/ru/results/{ELECTION}/list/{p}/") for p in precincts}
+        server.replica.goto("final")
+        answers = {p: http.get(f"{server.base_url}/ru/results/{ELECTION}/list/{p}/",
+                               headers={"If-None-Match": before[p].headers["ETag"]})
+                   for p in precincts}
+    recounted = {p for p, answer in answers.items() if answer.status_code == 200}
+    assert all(answers[p].status_code == 304 and answers[p].content == b""
+               and answers[p].headers["ETag"] == before[p].headers["ETag"]
+               for p in precincts if p not in recounted)
+    assert 0 < len(recounted) < 0.1 * len(precincts)  # the 5% recounted by hand
+    assert all(answers[p].content != before[p].content for p in recounted)
+    # every answer, 304 or 200, carries the final snapshot's time
+    modified = {answer.headers["Last-Modified"] for answer in answers.values()}
+    assert len(modified) == 1 and modified != {before[precincts[0]].headers["Last-Modified"]}

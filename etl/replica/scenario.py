@@ -127,6 +127,12 @@ class Snapshot:
     misprint: Misprint | None = None
 
 
+def _page_flags(snapshot: Snapshot) -> tuple[object, ...]:
+    """What of a snapshot, besides the figures and the page's own time, a division page
+    shows (see `etl.replica.render`)."""
+    return (snapshot.mode, snapshot.doubled_positions, snapshot.duplicate, snapshot.retry_after)
+
+
 @dataclass(frozen=True)
 class Tally:
     """A division's figures in one snapshot: sums over its counted precincts."""
@@ -269,6 +275,10 @@ class Scenario:
         """
         if not self.page_times_follow_changes:
             return self.snapshots[index].portal_time
+        return self.snapshots[self._last_change(index, contest_id, division_id)].portal_time
+
+    def _last_change(self, index: int, contest_id: str, division_id: str) -> int:
+        """The last snapshot, up to `index`, in which the division's figures changed."""
         division = self.contests[contest_id].divisions[division_id]
         j = index
         while j > 0:
@@ -281,7 +291,21 @@ class Scenario:
             ):
                 break
             j -= 1
-        return self.snapshots[j].portal_time
+        return j
+
+    def same_page_since(self, index: int, contest_id: str, division_id: str) -> int | None:
+        """The first snapshot from which the division's page is the one snapshot `index`
+        shows, byte for byte (with `page_times_follow_changes`; else None: every snapshot
+        re-stamps every page). The page is the same while neither the division's figures
+        (its own time with them) nor the incident flags a page shows change."""
+        if not self.page_times_follow_changes:
+            return None
+        start = self._last_change(index, contest_id, division_id)
+        flags = _page_flags(self.snapshots[index])
+        for k in range(index, start, -1):
+            if _page_flags(self.snapshots[k - 1]) != flags:
+                return k
+        return start
 
     def _changes(self, index: int, contest_id: str) -> np.ndarray:
         """Cumulative count over the contest's rows of precincts changed since `index - 1`."""

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs
 
-from etl.replica.render import HTML, JSON, Page, PortalRenderer
+from etl.replica.render import HTML, JSON, Page, PortalRenderer, http_date
 from etl.replica.scenario import Scenario, load_scenario
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class Replica:
         self._restamp = 0.0  # seconds added to every page's updated time (see `restamp`)
         self._date = b""
         self._date_second = -1
+        self._last_modified: dict[tuple[int, float], bytes] = {}
         self.connections: set[_HttpProtocol] = set()
 
     # -- timeline -------------------------------------------------------------------
@@ -249,6 +250,16 @@ class Replica:
 
     def _respond(self, method: str, target: str, headers: dict[str, str]) -> bytes:
         index = self.index
+        if_none_match = headers.get("if-none-match")
+        if if_none_match is not None:
+            # An unchanged page of a scenario whose pages keep their own time: known
+            # unchanged from its validator, without rendering it (`PortalRenderer.validator`).
+            restamp = self._restamp
+            tag = self.renderer.validator(index, target, restamp=timedelta(seconds=restamp))
+            if tag is not None and _tag_matches(if_none_match, tag):
+                return b"".join((b"HTTP/1.1 304 Not Modified\r\nETag: ", tag.encode(),
+                                 b"\r\n", self._last_modified_line(index, restamp),
+                                 self._http_date(), b"\r\n"))
         cached = self._page(index, target)
         if cached is None:
             return _simple(404, b"not found\n", "text/plain; charset=utf-8")
@@ -285,7 +296,8 @@ class Replica:
         page = None
         unstamped = self._cache.get((index, 0.0), {}).get(target) if restamp else None
         if unstamped is not None:  # a re-stamp: the page read before, its time moved
-            page = self.renderer.restamped(index, unstamped.page, timedelta(seconds=restamp))
+            page = self.renderer.restamped(index, unstamped.page, timedelta(seconds=restamp),
+                                           path)
         if page is None:
             page = self.renderer.render(index, path, query, restamp=timedelta(seconds=restamp))
         if page is None:
@@ -298,6 +310,16 @@ class Replica:
             pages[target] = cached
             self._cached_bytes[(index, restamp)] += size
         return cached
+
+    def _last_modified_line(self, index: int, restamp: float) -> bytes:
+        """The Last-Modified header of snapshot `index`'s pages (as `Page.last_modified`)."""
+        line = self._last_modified.get((index, restamp))
+        if line is None:
+            snapshot = self.scenario.snapshots[index]
+            moved = replace(snapshot, portal_time=snapshot.portal_time + timedelta(seconds=restamp))
+            line = f"Last-Modified: {http_date(moved)}\r\n".encode()
+            self._last_modified[(index, restamp)] = line
+        return line
 
     def _http_date(self) -> bytes:
         now = int(time.time())
@@ -357,12 +379,17 @@ def _prepare(page: Page) -> _Cached:
     return _Cached(page, head, modified, last_modified_line)
 
 
+def _tag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak comparison, or `*`)."""
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
 def _not_modified(headers: dict[str, str], cached: _Cached) -> bool:
     """RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since when both are sent."""
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
-        tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-        return "*" in tags or cached.page.etag in tags
+        return _tag_matches(if_none_match, cached.page.etag)
     if_modified_since = headers.get("if-modified-since")
     if if_modified_since is not None:
         try:
