@@ -194,19 +194,46 @@ def _run_cycle(args: argparse.Namespace) -> int:
 
 def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
                       warehouse: str, deadline: float) -> dict[str, Any]:
-    """Crawl, assemble, validate and publish within the cycle's deadline; the summary."""
+    """Crawl, assemble, validate and publish within the cycle's deadline; the summary.
+
+    The crawl and the assembly run in a forked child (`etl.forked`): the heap they
+    fragment leaves with it instead of lying under the quality gate's peak. Meanwhile this
+    process imports what the next stages need, and Great Expectations once the crawl has
+    parsed a page (a crawl that reuses every page needs no GX: the gate memo has them).
+    """
+    import multiprocessing
+
     from etl import cycle
+    from etl.crawl import DEADLINE_GRACE_S
+    from etl.fetch import DeadlineExceeded
+    from etl.forked import ForkedTask
     from etl.memory import release_memory
 
-    batch = cycle.crawl_batch(
-        portal, args.election, detection.contests,
-        cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.arrow",
-        lang=args.lang, processes=args.processes, concurrency=args.concurrency,
-        archive_root=args.raw_dir, deadline=deadline, while_crawling=cycle.warm_imports,
-        once_parsing=cycle.warm_quality_gate,
-        batches=1)  # one crawl task: it has every core
-    snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
-                                           lang=args.lang, archive_root=args.raw_dir)
+    parsing = multiprocessing.get_context("fork").Event()
+
+    def crawl_and_assemble() -> Path:
+        batch = cycle.crawl_batch(
+            portal, args.election, detection.contests,
+            cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.arrow",
+            lang=args.lang, processes=args.processes, concurrency=args.concurrency,
+            archive_root=args.raw_dir, deadline=deadline, once_parsing=parsing.set,
+            batches=1)  # one crawl task: it has every core
+        return cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
+                                       lang=args.lang, archive_root=args.raw_dir)
+
+    crawl = ForkedTask(crawl_and_assemble, "crawl")
+    cycle.warm_imports()
+    while not crawl.done(timeout=0.05):
+        if parsing.is_set():
+            cycle.warm_quality_gate()
+            break
+    # The crawl ends by its deadline on its own; the grace covers a fetch stuck past it.
+    try:
+        snapshot_dir = crawl.result(timeout=max(1.0, deadline + DEADLINE_GRACE_S + 30
+                                                - time.time()))
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"{exc}: the cycle's deadline had passed; nothing was "
+                               "published by this cycle") from None
     cycle.check_deadline(deadline, "validation")
     release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
     cycle.validate_stage(snapshot_dir, warehouse)

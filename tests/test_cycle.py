@@ -113,3 +113,25 @@ def test_reprocess_dag_rebuilds_from_the_archive_without_the_portal(tmp_path: Pa
     assert "state=success" in run.stdout + run.stderr
     assert (snapshot_dir / "results.parquet").exists()
     assert rows(warehouse, "SELECT snapshot_id, count(*) FROM results GROUP BY 1") == before
+
+
+def test_a_crawl_past_its_deadline_fails_the_run_and_publishes_nothing(
+        replica: ReplicaServer, tmp_path: Path) -> None:
+    # The crawl runs in a child process (`etl.forked`): its DeadlineExceeded must reach the
+    # command as one, with the coverage it reached, and nothing be published.
+    from etl.replica.server import Faults
+
+    replica.goto("counting-4")
+    replica.set_faults(Faults(trickle=0.05, path_regex=r"/okrug-3/\d+/$"))
+    warehouse = f"duckdb:///{tmp_path}/warehouse.duckdb"
+    try:
+        run = run_etl("run", "--portal", replica.base_url, "--election", "jk2021",
+                      "--warehouse", warehouse, "--contest", "okrug-3",
+                      env=etl_env(tmp_path / "data", CEC_CRAWL_DEADLINE="3",
+                                  CEC_REQUEST_DEADLINE="60"), timeout=120)
+    finally:
+        replica.set_faults(Faults())
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "coverage incomplete" in run.stderr and "hit its deadline" in run.stderr
+    assert not (tmp_path / "warehouse.duckdb").exists() or rows(
+        warehouse, "SELECT count(*) FROM snapshots") == [(0,)]

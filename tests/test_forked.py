@@ -1,0 +1,76 @@
+"""`etl.forked.ForkedTask`: a stage in a forked child, its result back, its memory not.
+
+`etl run` crawls and assembles in such a child so that the heap the crawl fragments is
+not under the quality gate's peak (issue 9's memory budget).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from etl.fetch import DeadlineExceeded
+from etl.forked import ChildDied, ForkedTask
+from etl.memory import process_memory_mib
+
+
+def test_the_result_comes_back_from_another_process() -> None:
+    task = ForkedTask(lambda: {"pid": os.getpid(), "parent": os.getppid()}, "probe")
+    answer = task.result(timeout=30)
+    assert answer == {"pid": answer["pid"], "parent": os.getpid()}
+    assert answer["pid"] != os.getpid()
+
+
+def test_the_memory_the_task_used_is_not_the_parents() -> None:
+    def allocate() -> float:
+        block = bytearray(400 * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
+        return process_memory_mib("VmHWM") or 0.0
+
+    before = process_memory_mib("VmHWM") or 0.0
+    child_peak = ForkedTask(allocate, "allocate").result(timeout=60)
+    assert child_peak > before + 350
+    assert (process_memory_mib("VmHWM") or 0.0) < before + 50
+
+
+def test_the_tasks_exception_is_raised_here_with_its_traceback() -> None:
+    def crawl() -> None:
+        raise DeadlineExceeded("crawl of x hit its deadline: coverage incomplete")
+
+    with pytest.raises(DeadlineExceeded, match="coverage incomplete") as error:
+        ForkedTask(crawl, "crawl").result(timeout=30)
+    # the child's own traceback, down to the function that raised
+    assert any("raised in the crawl process" in note and ", in crawl" in note
+               for note in error.value.__notes__)
+
+
+def test_an_exception_that_cannot_be_pickled_still_says_what_happened() -> None:
+    class Odd(Exception):
+        def __init__(self) -> None:
+            super().__init__("an odd failure")
+            self.lock = threading.Lock()  # cannot be pickled
+
+    def fail() -> None:
+        raise Odd
+
+    with pytest.raises(RuntimeError, match="Odd: an odd failure"):
+        ForkedTask(fail, "odd").result(timeout=30)
+
+
+def test_a_child_that_dies_is_a_failure_not_a_result() -> None:
+    task = ForkedTask(lambda: os.kill(os.getpid(), signal.SIGKILL), "doomed")
+    with pytest.raises(ChildDied, match=f"exit code {-signal.SIGKILL}"):
+        task.result(timeout=30)
+
+
+def test_a_child_past_its_time_is_killed() -> None:
+    task = ForkedTask(lambda: time.sleep(60), "sleeper")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="sleeper did not finish"):
+        task.result(timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert not task._process.is_alive()
