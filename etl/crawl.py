@@ -8,8 +8,9 @@ Work is spread over worker processes in small batches of pages: a worker fetches
 archives) each page of its batch with a few threads, parses it (or reuses the records of
 a page that changed only its stamp), and hands back the page's records as plain values
 (`PageRecord`) without its body; the links it shows become the next batches. Fetching and
-parsing both go where the cores are; the coordinating process only keeps the books and,
-at the end, puts the records into columns (`etl.normalise.CrawlTable`).
+parsing both go where the cores are; the coordinating process only keeps the books and
+puts the records into columns as they come, a few thousand pages at a time
+(`etl.normalise.CrawlTable`, in tree order at the end).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
+
+import pyarrow as pa
 
 from etl import config
 from etl.archive import RawArchive
@@ -141,19 +144,47 @@ _FAST, _FALLBACK, _REUSED = "fast", "fallback", "reused"
 _READ_AS: tuple[str, ...] = (_FAST, _FALLBACK, _REUSED)
 
 
+# How many divisions' records a contest's crawl keeps as Python objects before it puts
+# them into columns: at 100,000 precincts those objects (a tuple, a name and two numbers
+# per ballot line) were ~0.4 GB by the end of the crawl, the cycle's memory peak.
+_COLUMNS_EVERY = 4096
+
+
 @dataclass
 class _ContestProgress:
     """What one contest's crawl has gathered so far (mutable, private to the crawl loop)."""
 
-    # Each division with its place in the tree (the link positions from the root down),
-    # so the snapshot lists divisions in the portal's own order, whatever order they arrived.
-    divisions: list[tuple[tuple[int, ...], CrawledDivision]] = field(default_factory=list)
+    # Each division's place in the tree (the link positions from the root down), so the
+    # snapshot lists divisions in the portal's own order, whatever order they arrived;
+    # their records, in the order they arrived, in columns (`chunks`) but for the last few.
+    orders: list[tuple[int, ...]] = field(default_factory=list)
+    chunks: list[pa.Table] = field(default_factory=list)
+    pending: list[CrawledDivision] = field(default_factory=list)
     failures: list[FetchFailure] = field(default_factory=list)
     refused: list[FetchFailure] = field(default_factory=list)
     fetched: int = 0
     not_modified: int = 0
     read_as: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_READ_AS, 0))
     parsed_pages: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, order: tuple[int, ...], division: CrawledDivision) -> None:
+        """Record a division page at its place in the tree."""
+        self.orders.append(order)
+        self.pending.append(division)
+        if len(self.pending) >= _COLUMNS_EVERY:
+            self._to_columns()
+
+    def _to_columns(self) -> None:
+        if self.pending:
+            self.chunks.append(crawl_table((), self.pending).pages)
+            self.pending = []
+
+    def pages(self) -> pa.Table:
+        """Every division page recorded, in tree order (`PAGE_SCHEMA` rows)."""
+        self._to_columns()
+        table = pa.concat_tables(self.chunks) if self.chunks else crawl_table((), ()).pages
+        in_tree_order = sorted(range(len(self.orders)), key=self.orders.__getitem__)
+        return table.take(pa.array(in_tree_order, pa.int64()))
 
 
 @dataclass(frozen=True)
@@ -391,9 +422,8 @@ def crawl_contests(
     crawls = []
     for contest_id, contest in progress.items():
         log.info("crawled %s/%s: %d divisions, %d fetched, %d not modified, %d failed; "
-                 "read %s", election_id, contest_id, len(contest.divisions), contest.fetched,
+                 "read %s", election_id, contest_id, len(contest.orders), contest.fetched,
                  contest.not_modified, len(contest.failures), contest.read_as)
-        contest.divisions.sort(key=lambda item: item[0])
         crawls.append(ContestCrawl(
             election_id, contest_id, tuple(contest.failures),
             contest.fetched, contest.not_modified,
@@ -401,8 +431,8 @@ def crawl_contests(
             pages_parsed_fallback=contest.read_as[_FALLBACK],
             pages_reused=contest.read_as[_REUSED], parsed_pages=tuple(contest.parsed_pages),
             refused=tuple(contest.refused)))
-    crawled = crawl_table(crawls, (division for contest in progress.values()
-                                   for _, division in contest.divisions))
+    crawled = CrawlTable(pa.concat_tables([contest.pages() for contest in progress.values()]
+                                          or [crawl_table((), ()).pages]), tuple(crawls))
     log.info("crawled %d contests of %s in %.2fs", len(crawls), election_id,
              time.perf_counter() - started)
     return crawled
@@ -459,7 +489,7 @@ def _deadline_error(
     election_id: str, progress: dict[str, _ContestProgress], admitted: int, budget: float,
     pending_pages: int = 0,
 ) -> DeadlineExceeded:
-    parsed = sum(len(c.divisions) for c in progress.values())
+    parsed = sum(len(c.orders) for c in progress.values())
     failed = sum(len(c.failures) for c in progress.values())
     return DeadlineExceeded(
         f"crawl of {election_id} hit its deadline of {budget:.0f}s "
@@ -486,7 +516,7 @@ def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome) -> str:
             contest.parsed_pages.append((outcome.url, outcome.page_key, entry))
     # A contest's root declares its own id; every other division is its URL segment.
     division_id = visit.division_id or outcome.record.declared_id or visit.contest_id
-    contest.divisions.append((visit.order, CrawledDivision(
+    contest.add(visit.order, CrawledDivision(
         visit.contest_id, division_id, visit.parent_id, outcome.url, outcome.sha256,
-        outcome.record)))
+        outcome.record))
     return division_id

@@ -489,3 +489,22 @@ def test_crawl_batches_are_staged_as_arrow_columns_and_a_pickle_is_never_loaded(
     hostile.write_bytes(pickle.dumps(direct))
     with pytest.raises(ValueError):
         read_crawl_table(hostile)
+
+
+def test_records_put_into_columns_as_they_come_end_in_tree_order(
+        portal: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The coordinator turns records into columns every few thousand pages (a whole
+    # contest's Python objects were the memory peak at 100,000 precincts); pages arrive in
+    # whatever order the workers finish them, and the table must still list them in tree
+    # order, exactly as when a contest fits in one chunk.
+    from etl import crawl
+    from etl.crawl import SourceSpec, crawl_contests
+
+    spec = SourceSpec(portal.base_url, tmp_path / "raw")
+    whole = crawl_contests(spec, "ru", "jk2021", SMALL, concurrency=4, processes=2)
+    assert max(whole.pages.column("contest_id").value_counts().field("counts").to_pylist()
+               ) < crawl._COLUMNS_EVERY  # one chunk per contest
+    monkeypatch.setattr(crawl, "_COLUMNS_EVERY", 7)
+    chunked = crawl_contests(spec, "ru", "jk2021", SMALL, concurrency=4, processes=2)
+    assert chunked.pages.num_rows == whole.pages.num_rows > 7 * 3
+    assert chunked.pages.equals(whole.pages)
