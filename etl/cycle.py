@@ -424,9 +424,11 @@ def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:
 
     Writes `dq_results.parquet` into the snapshot directory and the HTML report.
     """
+    from etl.memory import bound_heap_retention
     from etl.quality import validate_snapshot
     from etl.warehouse import previous_published
 
+    bound_heap_retention()  # the gate's frames are where a cycle's memory peaks
     meta = read_snapshot_meta(snapshot_dir)
     previous = previous_published(warehouse_url, meta["election_id"], meta["contests"])
     outcome = validate_snapshot(snapshot_dir, previous=previous if len(previous[0]) else None,
