@@ -196,10 +196,11 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
                       warehouse: str, deadline: float) -> dict[str, Any]:
     """Crawl, assemble, validate and publish within the cycle's deadline; the summary.
 
-    The crawl and the assembly run in a forked child (`etl.forked`): the heap they
-    fragment leaves with it instead of lying under the quality gate's peak. Meanwhile this
-    process imports what the next stages need, and Great Expectations once the crawl has
-    parsed a page (a crawl that reuses every page needs no GX: the gate memo has them).
+    The crawl runs in a forked child (`etl.forked`): the heap its millions of short-lived
+    records fragment leaves with it instead of lying under the quality gate's peak.
+    Meanwhile this process imports what the next stages need, and Great Expectations once
+    the crawl has parsed a page (a crawl that reuses every page needs no GX: the gate memo
+    has them).
     """
     import multiprocessing
 
@@ -211,29 +212,31 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
 
     parsing = multiprocessing.get_context("fork").Event()
 
-    def crawl_and_assemble() -> Path:
-        batch = cycle.crawl_batch(
+    def crawl() -> Path:
+        return cycle.crawl_batch(
             portal, args.election, detection.contests,
             cycle.run_dir(args.election, detection.checked_at.replace(":", "")) / "batch-0.arrow",
             lang=args.lang, processes=args.processes, concurrency=args.concurrency,
             archive_root=args.raw_dir, deadline=deadline, once_parsing=parsing.set,
             batches=1)  # one crawl task: it has every core
-        return cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
-                                       lang=args.lang, archive_root=args.raw_dir)
 
-    crawl = ForkedTask(crawl_and_assemble, "crawl")
+    task = ForkedTask(crawl, "crawl")
     cycle.warm_imports()
-    while not crawl.done(timeout=0.05):
+    while not task.done(timeout=0.05):
         if parsing.is_set():
             cycle.warm_quality_gate()
             break
     # The crawl ends by its deadline on its own; the grace covers a fetch stuck past it.
     try:
-        snapshot_dir = crawl.result(timeout=max(1.0, deadline + DEADLINE_GRACE_S + 30
-                                                - time.time()))
+        batch = task.result(timeout=max(1.0, deadline + DEADLINE_GRACE_S + 30 - time.time()))
     except TimeoutError as exc:
         raise DeadlineExceeded(f"{exc}: the cycle's deadline had passed; nothing was "
                                "published by this cycle") from None
+    # Assembly works on columns (large blocks, handed back when freed), with the modules
+    # this process has imported meanwhile: here, not in the child, which would import them
+    # again.
+    snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
+                                           lang=args.lang, archive_root=args.raw_dir)
     cycle.check_deadline(deadline, "validation")
     release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
     cycle.validate_stage(snapshot_dir, warehouse)

@@ -27,13 +27,13 @@ def test_the_result_comes_back_from_another_process() -> None:
 
 def test_the_memory_the_task_used_is_not_the_parents() -> None:
     def allocate() -> float:
+        start = process_memory_mib("VmRSS") or 0.0
         block = bytearray(400 * 2**20)
         block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
-        return process_memory_mib("VmHWM") or 0.0
+        return (process_memory_mib("VmHWM") or 0.0) - start
 
     before = process_memory_mib("VmHWM") or 0.0
-    child_peak = ForkedTask(allocate, "allocate").result(timeout=60)
-    assert child_peak > before + 350
+    assert ForkedTask(allocate, "allocate").result(timeout=60) > 350  # the child's own peak
     assert (process_memory_mib("VmHWM") or 0.0) < before + 50
 
 
