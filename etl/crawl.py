@@ -300,7 +300,6 @@ def crawl_contests(
     concurrency: int,
     processes: int,
     cache: PageCache | None = None,
-    while_crawling: Callable[[], object] | None = None,
     once_parsing: Callable[[], object] | None = None,
     deadline: float | None = None,
     max_pages: int | None = None,
@@ -313,13 +312,11 @@ def crawl_contests(
     failure and the crawl goes on; its body, if any, is already in the raw archive. A page
     whose body, apart from its `updated` stamp, is in `cache` is not parsed again.
 
-    `while_crawling` runs in a thread of this process, which is otherwise idle while the
-    workers fetch and parse (e.g. importing what the next stages need); then, in the same
-    thread, `once_parsing` if a page has been parsed (e.g. importing the quality gate: a
-    crawl that parses nothing, every page reused or failed, need not, as a re-stamped
-    portal's frames are those the gate validated last time). The thread starts once the
-    workers are forked, so that no child inherits a lock it holds, and ends before this
-    returns.
+    `once_parsing` runs in a thread of this process once a page has been parsed (`etl run`
+    then has its parent import the quality gate: a crawl that parses nothing, every page
+    reused or failed, need not, as a re-stamped portal's frames are those the gate
+    validated last time). The thread starts once the workers are forked, so that no child
+    inherits a lock it holds, and ends before this returns.
 
     Limits: the crawl ends by `deadline` (epoch seconds; default `CEC_CRAWL_DEADLINE` from
     now), else `DeadlineExceeded`; at most `max_pages` pages are fetched (the rest are
@@ -380,10 +377,10 @@ def crawl_contests(
     try:
         for contest_id in contest_ids:
             submit([_Visit(contest_id, contest_path(lang, election_id, contest_id), None, None)])
-        if while_crawling is not None or once_parsing is not None:
+        if once_parsing is not None:
             # The first submit forked every worker: no child inherits the thread's locks.
             side_task = threading.Thread(
-                target=_side_task, args=(while_crawling, once_parsing, parsing),
+                target=_side_task, args=(once_parsing, parsing),
                 name="while-crawling", daemon=True)
             side_task.start()
         while pending:
@@ -459,11 +456,8 @@ class _Decision:
         return self.parsed
 
 
-def _side_task(while_crawling: Callable[[], object] | None,
-               once_parsing: Callable[[], object] | None, parsing: _Decision) -> None:
-    if while_crawling is not None:
-        _run_logged(while_crawling)
-    if once_parsing is not None and parsing.wait():
+def _side_task(once_parsing: Callable[[], object], parsing: _Decision) -> None:
+    if parsing.wait():
         _run_logged(once_parsing)
 
 

@@ -242,8 +242,7 @@ def check_deadline(deadline: float | None, stage: str) -> None:
 def crawl_batch(
     portal: str, election_id: str, contests: Sequence[str], out_path: Path, *,
     lang: str | None = None, processes: int | None = None, concurrency: int | None = None,
-    archive_root: Path | None = None, while_crawling: Callable[[], object] | None = None,
-    once_parsing: Callable[[], object] | None = None,
+    archive_root: Path | None = None, once_parsing: Callable[[], object] | None = None,
     deadline: float | None = None, batches: int | None = None,
 ) -> Path:
     """Crawl a batch of contests and stage the parsed pages (Arrow IPC) for the next task.
@@ -265,7 +264,7 @@ def crawl_batch(
     crawled = crawl_contests(spec, lang or config.portal_lang(), election_id, contests,
                              concurrency=concurrency,
                              processes=processes or config.crawl_processes(shares), cache=cache,
-                             while_crawling=while_crawling, once_parsing=once_parsing,
+                             once_parsing=once_parsing,
                              deadline=deadline)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_pages(_parsed_pages_path(out_path),
