@@ -12,6 +12,7 @@ import gc
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,10 +222,10 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
             batches=1)  # one crawl task: it has every core
 
     task = ForkedTask(crawl, "crawl")
-    cycle.warm_imports()
+    _warm_up(cycle.warm_imports)
     while not task.done(timeout=0.05):
         if parsing.is_set():
-            cycle.warm_quality_gate()
+            _warm_up(cycle.warm_quality_gate)
             break
     # The crawl ends by its deadline on its own; the grace covers a fetch stuck past it.
     try:
@@ -243,6 +244,15 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     cycle.check_deadline(deadline, "publication")
     release_memory(after="validation")
     return cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
+
+
+def _warm_up(step: Callable[[], object]) -> None:
+    """Run a warm-up while the crawl runs; if it fails, the stage that needs what it
+    prepares fails loudly in its turn, after the crawl's result is in."""
+    try:
+        step()
+    except Exception:
+        log.exception("%s failed while the crawl ran", getattr(step, "__name__", step))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -135,3 +135,18 @@ def test_a_crawl_past_its_deadline_fails_the_run_and_publishes_nothing(
     assert "coverage incomplete" in run.stderr and "hit its deadline" in run.stderr
     assert not (tmp_path / "warehouse.duckdb").exists() or rows(
         warehouse, "SELECT count(*) FROM snapshots") == [(0,)]
+
+
+def test_a_warm_up_that_fails_is_logged_and_the_cycle_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # While the crawl's child runs, etl run's parent imports what the next stages need; a
+    # failure there must not abandon the crawl's result: the stage that needs the import
+    # fails in its turn, with its own error.
+    from etl.__main__ import _warm_up
+
+    def warm_quality_gate() -> None:
+        raise ImportError("no module named great_expectations")
+
+    _warm_up(warm_quality_gate)
+    assert "warm_quality_gate failed while the crawl ran" in caplog.text
+    assert "no module named great_expectations" in caplog.text
