@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import (
@@ -312,11 +311,10 @@ def crawl_contests(
     failure and the crawl goes on; its body, if any, is already in the raw archive. A page
     whose body, apart from its `updated` stamp, is in `cache` is not parsed again.
 
-    `once_parsing` runs in a thread of this process once a page has been parsed (`etl run`
-    then has its parent import the quality gate: a crawl that parses nothing, every page
-    reused or failed, need not, as a re-stamped portal's frames are those the gate
-    validated last time). The thread starts once the workers are forked, so that no child
-    inherits a lock it holds, and ends before this returns.
+    `once_parsing` is called once, from the crawl's loop, when the first parsed page comes
+    back: it must be quick (`etl run` sets an event, on which its parent imports the quality
+    gate; a crawl that parses nothing, every page reused or failed, need not, as a
+    re-stamped portal's frames are those the gate validated last time).
 
     Limits: the crawl ends by `deadline` (epoch seconds; default `CEC_CRAWL_DEADLINE` from
     now), else `DeadlineExceeded`; at most `max_pages` pages are fetched (the rest are
@@ -372,17 +370,9 @@ def crawl_contests(
             pending[future] = batch
             future.add_done_callback(finished.put)
 
-    side_task: threading.Thread | None = None
-    parsing = _Decision()
     try:
         for contest_id in contest_ids:
             submit([_Visit(contest_id, contest_path(lang, election_id, contest_id), None, None)])
-        if once_parsing is not None:
-            # The first submit forked every worker: no child inherits the thread's locks.
-            side_task = threading.Thread(
-                target=_side_task, args=(once_parsing, parsing),
-                name="while-crawling", daemon=True)
-            side_task.start()
         while pending:
             try:
                 # Fetches end by the deadline on their own; the grace covers a worker
@@ -393,8 +383,10 @@ def crawl_contests(
                                       pending_pages=sum(len(v) for v in pending.values())
                                       ) from None
             outcomes = future.result()
-            if not parsing.made and any(o.read_as in (_FAST, _FALLBACK) for o in outcomes):
-                parsing.decide(True)
+            if once_parsing is not None and any(o.read_as in (_FAST, _FALLBACK)
+                                                for o in outcomes):
+                once_parsing()
+                once_parsing = None
             for visit, outcome in zip(pending.pop(future), outcomes, strict=True):
                 contest = progress[visit.contest_id]
                 if outcome.record is None:
@@ -409,9 +401,6 @@ def crawl_contests(
         # After a deadline, do not wait for a stuck worker: its fetch ends on its own.
         pool.shutdown(wait=time.time() < ends_at + DEADLINE_GRACE_S, cancel_futures=True)
         _cache = None
-        parsing.decide(False)  # no page was parsed, if nothing said so before
-        if side_task is not None:
-            side_task.join(timeout=max(0.0, ends_at + DEADLINE_GRACE_S - time.time()))
         if processes <= 1:
             _close_source()
     if time.time() > ends_at:
@@ -433,39 +422,6 @@ def crawl_contests(
     log.info("crawled %d contests of %s in %.2fs", len(crawls), election_id,
              time.perf_counter() - started)
     return crawled
-
-
-class _Decision:
-    """Whether the crawl parsed a page, told once to the side task waiting for it."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.parsed = False
-
-    @property
-    def made(self) -> bool:
-        return self._event.is_set()
-
-    def decide(self, parsed: bool) -> None:
-        if not self._event.is_set():
-            self.parsed = parsed
-            self._event.set()
-
-    def wait(self) -> bool:
-        self._event.wait()
-        return self.parsed
-
-
-def _side_task(once_parsing: Callable[[], object], parsing: _Decision) -> None:
-    if parsing.wait():
-        _run_logged(once_parsing)
-
-
-def _run_logged(task: Callable[[], object]) -> None:
-    try:
-        task()
-    except Exception:  # the stage that needs it fails loudly in its turn
-        log.exception("%s failed while crawling", getattr(task, "__name__", task))
 
 
 # Seconds past the crawl deadline the coordinator waits for in-flight fetches to give up.
