@@ -1,11 +1,11 @@
 """Run a stage in a forked child process: its result comes back, its memory does not stay.
 
-`etl run` crawls, assembles, validates and loads in one process. The crawl's coordinator
-makes and drops millions of small objects (each page's records, the page cache), and the
-heap they fragment stays with the process: after a 100,000-precinct crawl ~170 MiB more
+`etl run` assembles, validates and loads in one process. Its crawl's coordinator makes and
+drops millions of small objects (each page's records, the page cache); when it ran in that
+process, the heap they fragmented stayed: after a 100,000-precinct crawl ~170 MiB more
 than a fresh process holds, with the same live objects (`sys.getallocatedblocks`), which
-no `malloc_trim` hands back, on top of which the quality gate then reaches its peak (issue
-9's 2 GB budget). A stage run in a child leaves nothing behind: the child exits.
+no `malloc_trim` hands back, and under the quality gate's peak (issue 9's 2 GB budget).
+A stage run in a child leaves nothing behind: the child exits.
 
 The child is forked (it inherits the arguments, nothing is pickled on the way in); what
 it returns, or the exception it raised (with its traceback as a note), is pickled back.

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 def release_memory(after: str) -> None:
     """Hand memory freed by a finished stage back to the system before the next one.
 
-    One `etl run` crawls, assembles, validates and loads in one process; without this,
-    what a stage freed stays in the allocators' caches (pyarrow's mimalloc pool, glibc's
-    arenas) and adds to the next stage's peak (issue 9's memory budget).
+    One `etl run` assembles, validates and loads in one process (the crawl runs in a child,
+    `etl.forked`); without this, what a stage freed stays in the allocators' caches
+    (pyarrow's mimalloc pool, glibc's arenas) and adds to the next stage's peak (issue 9's
+    memory budget).
     """
     import pyarrow as pa
 
