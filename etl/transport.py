@@ -278,15 +278,14 @@ class ConnectionPool:
             # A plain HTTP proxy is asked for the absolute URL.
             target = f"http://{self.host}:{self.port}{target}"
             headers = headers | self.proxy_headers
+        # http.client calls `response_class(sock, method=…)`: a partial will do.
+        factory: Any = (http.client.HTTPResponse if deadline is None else
+                        functools.partial(_DeadlineResponse, timeout=timeout, deadline=deadline))
         for attempt in range(2):
             # Once a reused connection was found closed, the others idle as long may be too:
             # the second attempt is on a new connection.
             connection, reused = (self._take(timeout) if attempt == 0
                                   else (self._new(timeout), False))
-            # http.client calls `response_class(sock, method=…)`: a partial will do.
-            factory: Any = (http.client.HTTPResponse if deadline is None else
-                            functools.partial(_DeadlineResponse, timeout=timeout,
-                                              deadline=deadline))
             connection.response_class = factory
             try:
                 connection.request("GET", target, headers=headers)

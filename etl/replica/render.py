@@ -165,7 +165,7 @@ class PortalRenderer:
             return None
         contest, division_id = found
         page = self._page(snapshot, self._division(snapshot, lang, contest, division_id))
-        tag = self.validator(index, path, restamp=restamp)
+        tag = self._validator(index, path, contest, division_id, restamp)
         return page if tag is None else dataclasses.replace(page, etag=tag)
 
     def _division_at(self, path: str) -> tuple[Contest, str] | None:
@@ -191,13 +191,16 @@ class PortalRenderer:
         again to find it unchanged cost the replica ~0.2 ms a request, on the cores the
         pipeline it serves runs on.
         """
-        sc = self.scenario
-        if not sc.page_times_follow_changes or sc.snapshots[index].mode != MODE_RESULTS:
+        if not self.scenario.page_times_follow_changes:
             return None
         found = self._division_at(path)
-        if found is None:
+        return None if found is None else self._validator(index, path, *found, restamp)
+
+    def _validator(self, index: int, path: str, contest: Contest, division_id: str,
+                   restamp: timedelta) -> str | None:
+        sc = self.scenario
+        if sc.snapshots[index].mode != MODE_RESULTS:
             return None
-        contest, division_id = found
         since = sc.same_page_since(index, contest.contest_id, division_id)
         if since is None:
             return None
