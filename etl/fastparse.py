@@ -51,8 +51,9 @@ class NotSpecShaped(Exception):
 
 # Markup the fast path does not model: comments and scripts (their text is not content),
 # CDATA, processing instructions, NUL bytes, nested or framed documents.
-_UNMODELLED = re.compile(rb"<!--|<script|<style|<!\[CDATA|<\?|\x00|<iframe|<template|<frame",
-                         re.I)
+# Matched against the page lowered (ASCII only, as re.I would): a pattern that starts with
+# one literal "<" is scanned for in C, ~5x faster than the same alternation with re.I.
+_UNMODELLED = re.compile(rb"<(?:!--|script|style|!\[cdata|\?|iframe|template|frame)|\x00")
 _CELL_TAGS = frozenset({"td", "th"})
 _SECTION_TAGS = frozenset({"thead", "tbody", "tfoot"})
 _PARSER = etree.HTMLParser(encoding="utf-8", remove_blank_text=False, no_network=True,
@@ -78,7 +79,7 @@ def parse_division_page(
 
 def parse_division_fast(html: bytes, url: str) -> DivisionPage:
     """The fast path alone: a SPEC-shaped division page, or `NotSpecShaped`."""
-    if _UNMODELLED.search(html) is not None:
+    if _UNMODELLED.search(html.lower()) is not None:
         raise NotSpecShaped("markup the fast path does not model")
     try:
         html.decode("utf-8")
@@ -202,23 +203,59 @@ def _results(columns: dict[str, int], body: Sequence[etree._Element],
     needed = max(pos_i, name_i, votes_i)
     lines: list[BallotLine] = []
     for row in body:
-        cells = _cells(row)
-        if not cells or all(c.tag == "th" for c in cells):
-            continue
-        if len(cells) <= needed:
+        # One pass over the row's children: its cells' texts, and whether one is a td.
+        texts: list[str] = []
+        has_td = False
+        for child in row:
+            tag = child.tag
+            if tag in _CELL_TAGS:
+                has_td = has_td or tag == "td"
+                texts.append((child.text or "") if len(child) == 0 else _text(child))
+        if not has_td:
+            continue  # empty, or a header row
+        if len(texts) <= needed:
             raise NotSpecShaped("a short results row")
-        name = _text(cells[name_i]).strip()
-        against_all = "against-all" in _classes(row) or _is_against_all_label(name)
+        name = texts[name_i].strip()
+        row_class = row.get("class")
+        against_all = (row_class is not None and "against-all" in row_class.split()
+                       ) or _is_against_all_label(name)
         position: int | None = None
         if not against_all:
-            position = parse_count(_text(cells[pos_i]).strip().rstrip("."))
+            position = _count(texts[pos_i].strip().rstrip("."))
             if position is None:
                 raise NotSpecShaped("a results row without a ballot number")
-        votes = parse_count(_text(cells[votes_i]))
-        pct = parse_percent(_text(cells[pct_i])) if pct_i is not None and pct_i < len(cells) \
-            else None
+        votes = _count(texts[votes_i])
+        pct = _percent(texts[pct_i]) if pct_i is not None and pct_i < len(texts) else None
         lines.append(BallotLine(position, name, against_all, votes, pct))
     return tuple(lines)
+
+
+# Cell texts read before, and what the parser of record's number functions made of them:
+# a page repeats the same few hundred counts and percentages the last pages had. Only
+# readings are kept (a text they refuse raises every time), and at most _MEMO_SIZE each.
+_MEMO_SIZE = 50_000
+_COUNTS: dict[str, int | None] = {}
+_PERCENTS: dict[str, float | None] = {}
+
+
+def _count(text: str) -> int | None:
+    try:
+        return _COUNTS[text]
+    except KeyError:
+        value = parse_count(text)
+        if len(_COUNTS) < _MEMO_SIZE:
+            _COUNTS[text] = value
+        return value
+
+
+def _percent(text: str) -> float | None:
+    try:
+        return _PERCENTS[text]
+    except KeyError:
+        value = parse_percent(text)
+        if len(_PERCENTS) < _MEMO_SIZE:
+            _PERCENTS[text] = value
+        return value
 
 
 def _protocol_rows(table: etree._Element) -> list[tuple[str, str, str]]:
@@ -247,14 +284,15 @@ def _has_child_links(table: etree._Element, url: str) -> bool:
 
 
 def _child_links(table: etree._Element, url: str) -> list[Link]:
+    anchors = [a for a in table.iter("a") if a.get("href")]
+    if not anchors:
+        return []  # a protocol or results table: no need to work out the page's place
     page = urlsplit(url)
     page_path = page.path if page.path.endswith("/") else page.path + "/"
     prefix = _contest_prefix(url)
     links: list[Link] = []
-    for anchor in table.iter("a"):
+    for anchor in anchors:
         href = anchor.get("href")
-        if not href:
-            continue
         href = _resolve(url, href)
         if "://" in href:
             continue
