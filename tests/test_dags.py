@@ -83,6 +83,10 @@ def test_election_dag_task_graph(dagbag) -> None:  # type: ignore[no-untyped-def
         ("detect_change", "publish"),
         ("detect_change", "alert"),
         ("plan_crawl", "crawl"),
+        # the short circuit skips the whole crawl-to-publish chain at once
+        ("plan_crawl", "assemble"),
+        ("plan_crawl", "validate"),
+        ("plan_crawl", "publish"),
         ("crawl", "assemble"),
         ("assemble", "validate"),
         ("validate", "publish"),
@@ -90,6 +94,8 @@ def test_election_dag_task_graph(dagbag) -> None:  # type: ignore[no-untyped-def
         ("publish", "alert"),
         ("alert", "report"),
     }
+    # An unchanged portal skips crawl to publish in one step; alert and report still run.
+    assert dag.get_task("plan_crawl").ignore_downstream_trigger_rules is False
     assert dag.get_task("alert").trigger_rule == "all_done"
     assert dag.get_task("report").trigger_rule == "all_done"
     from airflow.sdk.definitions.mappedoperator import MappedOperator
