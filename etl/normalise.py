@@ -10,7 +10,6 @@ is written last: a directory without it is an interrupted write, not a snapshot.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +24,14 @@ import numpy as np
 import pyarrow as pa
 
 from etl import schema
-from etl.records import CrawledDivision, FetchFailure, PageRef, ProtocolFigures
+from etl.records import (
+    LINE_FIELDS,
+    LINK_FIELDS,
+    PROTOCOL_FIELDS,
+    CrawledDivision,
+    FetchFailure,
+    PageRef,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,12 +83,12 @@ def portal_time(crawled: CrawlTable) -> datetime | None:
 # The crawled pages in columns (see `CrawlTable`): the staged form of a crawl batch and
 # what the frames are built from. Ballot lines, child links and fractional count cells
 # are list columns, so each is one flat Arrow array whatever the number of pages.
-LINE_TYPE = pa.struct([("choice_position", pa.int64()), ("choice_name", pa.string()),
-                       ("is_against_all", pa.bool_()), ("votes", pa.int64()),
-                       ("pct_published", pa.float64())])
-LINK_TYPE = pa.struct([("segment", pa.string()), ("name", pa.string()), ("href", pa.string())])
+# Struct fields in the order `etl.records.page_record` writes a line's and a link's values.
+_LINE_ARROW = {"choice_position": pa.int64(), "choice_name": pa.string(),
+               "is_against_all": pa.bool_(), "votes": pa.int64(), "pct_published": pa.float64()}
+LINE_TYPE = pa.struct([(name, _LINE_ARROW[name]) for name in LINE_FIELDS])
+LINK_TYPE = pa.struct([(name, pa.string()) for name in LINK_FIELDS])
 CELL_TYPE = pa.struct([("figure", pa.string()), ("text", pa.string())])
-PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(ProtocolFigures))
 PAGE_SCHEMA = pa.schema([
     ("contest_id", pa.string()), ("division_id", pa.string()), ("parent_id", pa.string()),
     ("url", pa.string()), ("sha256", pa.string()), ("declared_id", pa.string()),

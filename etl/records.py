@@ -8,7 +8,8 @@ into columns than ~25 dataclass objects a page), and is staged as Arrow columns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import NamedTuple
 
@@ -90,7 +91,14 @@ class FetchFailure:
 
 
 # A ballot line, a child link and a fractional count cell as plain tuples, in the field
-# order of BallotLine, Link and (figure, cell text).
+# order of BallotLine, Link and (figure, cell text); the protocol in ProtocolFigures' order.
+# `etl.normalise` names the columns of each from these same tuples of field names.
+PROTOCOL_FIELDS = tuple(f.name for f in fields(ProtocolFigures))
+LINE_FIELDS = tuple(f.name for f in fields(BallotLine))
+LINK_FIELDS = tuple(f.name for f in fields(Link))
+_protocol_values = operator.attrgetter(*PROTOCOL_FIELDS)
+_line_values = operator.attrgetter(*LINE_FIELDS)
+_link_values = operator.attrgetter(*LINK_FIELDS)
 LineValues = tuple[int | None, str, bool, int | None, float | None]
 LinkValues = tuple[str, str, str]
 CellValues = tuple[str, str]
@@ -115,17 +123,14 @@ class PageRecord(NamedTuple):
 
 def page_record(page: DivisionPage) -> PageRecord:
     """A parsed page's plain values."""
-    stamp, figures = page.portal_updated_at, page.protocol
+    stamp = page.portal_updated_at
     return PageRecord(
         page.declared_id, page.level, page.name,
         stamp.isoformat() if stamp is not None else None,
-        (figures.registered, figures.ballots_issued, figures.ballots_cast, figures.invalid,
-         figures.valid, figures.turnout_pct_published, figures.precincts_counted,
-         figures.precincts_total),
+        _protocol_values(page.protocol),
         page.has_results_table,
-        tuple((ln.choice_position, ln.choice_name, ln.is_against_all, ln.votes, ln.pct_published)
-              for ln in page.lines),
-        tuple((ln.segment, ln.name, ln.href) for ln in page.children),
+        tuple(map(_line_values, page.lines)),
+        tuple(map(_link_values, page.children)),
         tuple(page.fractional_counts),
     )
 

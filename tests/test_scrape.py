@@ -508,3 +508,29 @@ def test_records_put_into_columns_as_they_come_end_in_tree_order(
     chunked = crawl_contests(spec, "ru", "jk2021", SMALL, concurrency=4, processes=2)
     assert chunked.pages.num_rows == whole.pages.num_rows > 7 * 3
     assert chunked.pages.equals(whole.pages)
+
+
+def test_a_page_record_lands_in_the_columns_named_after_its_fields() -> None:
+    # page_record writes values in the records' field order; the crawl table names its
+    # columns and struct fields from the same field lists: every value by its own name.
+    from dataclasses import asdict
+    from datetime import datetime
+
+    from etl.normalise import crawl_table
+    from etl.parse import BISHKEK_TZ
+    from etl.records import BallotLine, CrawledDivision, DivisionPage, Link, ProtocolFigures, page_record
+
+    protocol = ProtocolFigures(registered=9, ballots_issued=8, ballots_cast=7, invalid=1,
+                               valid=6, turnout_pct_published=77.7, precincts_counted=3,
+                               precincts_total=4)
+    line = BallotLine(choice_position=2, choice_name="B", is_against_all=False, votes=5,
+                      pct_published=55.5)
+    link = Link(segment="7", name="Seven", href="/ru/results/x/list/7/")
+    page = DivisionPage("1", "district", "One", datetime(2021, 11, 28, 20, tzinfo=BISHKEK_TZ),
+                        protocol, True, (line,), (link,), (("registered", "9.5"),))
+    row = crawl_table((), [CrawledDivision("list", "1", None, "u", "s", page_record(page))]
+                      ).pages.to_pylist()[0]
+    assert {name: row[name] for name in asdict(protocol)} == asdict(protocol)
+    assert row["lines"] == [asdict(line)]
+    assert row["children"] == [asdict(link)]
+    assert row["fractional_counts"] == [{"figure": "registered", "text": "9.5"}]
