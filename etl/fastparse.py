@@ -14,8 +14,9 @@ on every page of the replica's snapshots, the fixtures and the fault pages.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from lxml import etree
@@ -234,28 +235,26 @@ def _results(columns: dict[str, int], body: Sequence[etree._Element],
 # a page repeats the same few hundred counts and percentages the last pages had. Only
 # readings are kept (a text they refuse raises every time), and at most _MEMO_SIZE each.
 _MEMO_SIZE = 50_000
-_COUNTS: dict[str, int | None] = {}
-_PERCENTS: dict[str, float | None] = {}
+_T = TypeVar("_T")
 
 
-def _count(text: str) -> int | None:
-    try:
-        return _COUNTS[text]
-    except KeyError:
-        value = parse_count(text)
-        if len(_COUNTS) < _MEMO_SIZE:
-            _COUNTS[text] = value
-        return value
+def _remembered(read: Callable[[str], _T]) -> Callable[[str], _T]:
+    memo: dict[str, _T] = {}
+
+    def remembered(text: str) -> _T:
+        try:
+            return memo[text]
+        except KeyError:
+            value = read(text)
+            if len(memo) < _MEMO_SIZE:
+                memo[text] = value
+            return value
+
+    return remembered
 
 
-def _percent(text: str) -> float | None:
-    try:
-        return _PERCENTS[text]
-    except KeyError:
-        value = parse_percent(text)
-        if len(_PERCENTS) < _MEMO_SIZE:
-            _PERCENTS[text] = value
-        return value
+_count = _remembered(parse_count)
+_percent = _remembered(parse_percent)
 
 
 def _protocol_rows(table: etree._Element) -> list[tuple[str, str, str]]:
