@@ -107,7 +107,8 @@ def build_election_dag(rules: ElectionRules) -> Any:
 
             return str(assemble_snapshot(config.portal_url(), election_id,
                                          [Path(b) for b in batches], detection["checked_at"],
-                                         lang=rules.lang))
+                                         lang=rules.lang,
+                                         election_page=detection.get("election_page")))
 
         @task
         def validate(snapshot_dir: str) -> str:

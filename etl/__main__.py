@@ -237,7 +237,8 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     # this process has imported meanwhile: here, not in the child, which would import them
     # again.
     snapshot_dir = cycle.assemble_snapshot(portal, args.election, [batch], detection.checked_at,
-                                           lang=args.lang, archive_root=args.raw_dir)
+                                           lang=args.lang, archive_root=args.raw_dir,
+                                           election_page=detection.election_page)
     cycle.check_deadline(deadline, "validation")
     release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
     cycle.validate_stage(snapshot_dir, warehouse)

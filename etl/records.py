@@ -135,6 +135,15 @@ def page_record(page: DivisionPage) -> PageRecord:
     )
 
 
+class SeenPage(NamedTuple):
+    """What a snapshot records of a fetched page: the URL that answered, its body's digest
+    in the raw archive, and whether it came from the archive after a 304."""
+
+    url: str
+    sha256: str
+    not_modified: bool
+
+
 class CrawledDivision(NamedTuple):
     """A parsed division page placed in its contest's hierarchy."""
 

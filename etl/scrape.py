@@ -28,7 +28,7 @@ from etl.normalise import (
     snapshot_id_for,
     write_snapshot,
 )
-from etl.records import PageRef
+from etl.records import PageRef, SeenPage
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _snapshot(
 
 
 def assemble(
-    portal: str, lang: str, election_id: str, election_page: FetchedPage,
+    portal: str, lang: str, election_id: str, election_page: FetchedPage | SeenPage,
     crawled: CrawlTable, fetched_at: str,
 ) -> tuple[dict[str, Any], SnapshotFrames]:
     """The one path from crawled contests to a snapshot: its metadata and its frames.
@@ -142,7 +142,7 @@ def assemble(
 
 
 def snapshot_meta(
-    portal: str, lang: str, election_id: str, election_page: FetchedPage,
+    portal: str, lang: str, election_id: str, election_page: FetchedPage | SeenPage,
     crawled: CrawlTable, fetched_at: str,
 ) -> dict[str, Any]:
     """The `snapshot.json` contents for a set of crawled contests."""

@@ -41,7 +41,8 @@ def run_cycle(portal: str, data: Path, monkeypatch: pytest.MonkeyPatch,
     batch = cycle.crawl_batch(portal, "jk2021", detection.contests,
                               cycle.run_dir("jk2021", detection.checked_at.replace(":", ""))
                               / "batch-0.arrow", processes=processes, concurrency=4)
-    snapshot_dir = cycle.assemble_snapshot(portal, "jk2021", [batch], detection.checked_at)
+    snapshot_dir = cycle.assemble_snapshot(portal, "jk2021", [batch], detection.checked_at,
+                                           election_page=detection.election_page)
     meta = read_snapshot_meta(snapshot_dir)
     cycle.mark_completed("jk2021", detection.fingerprint, meta["snapshot_id"],
                          meta["portal_updated_at"], snapshot_dir=snapshot_dir)
@@ -249,3 +250,28 @@ def test_a_re_stamped_portal_is_validated_and_published_without_importing_gx(
     pd.testing.assert_frame_equal(within(after), within(before))
     compared = after[after["check_id"].isin(["W2", "W4"])]
     assert len(compared) and compared["success"].all() and compared["division_id"].isna().all()
+
+
+def test_assembly_takes_the_election_page_from_the_detection_or_else_from_the_archive(
+        replica: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    replica.goto("final")
+    monkeypatch.setenv("CEC_DATA_DIR", str(tmp_path / "data"))
+    detection = cycle.detect_change(replica.base_url, "jk2021", contests=CONTESTS)
+    assert detection.election_page is not None
+    batch = cycle.crawl_batch(replica.base_url, "jk2021", detection.contests,
+                              tmp_path / "run" / "batch-0.arrow", processes=1, concurrency=4)
+    # With the detection's page the raw archive is not opened (here: an empty one).
+    monkeypatch.setenv("CEC_STAGING_DIR", str(tmp_path / "from-detection"))
+    from_detection = read_snapshot_meta(cycle.assemble_snapshot(
+        replica.base_url, "jk2021", [batch], detection.checked_at,
+        archive_root=tmp_path / "empty", election_page=detection.election_page))
+    monkeypatch.setenv("CEC_STAGING_DIR", str(tmp_path / "from-archive"))
+    from_archive = read_snapshot_meta(cycle.assemble_snapshot(
+        replica.base_url, "jk2021", [batch], detection.checked_at))
+    assert from_detection["snapshot_id"] == from_archive["snapshot_id"]
+    assert from_detection["pages"] == from_archive["pages"]
+    assert {"url": detection.election_page["url"], "sha256": detection.election_page["sha256"],
+            "status": 200} in from_detection["pages"]
+    with pytest.raises(FileNotFoundError, match="not in the raw archive"):
+        cycle.assemble_snapshot(replica.base_url, "jk2021", [batch], detection.checked_at,
+                                archive_root=tmp_path / "empty")
