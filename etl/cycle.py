@@ -382,7 +382,6 @@ def assemble_snapshot(
     return target
 
 
-
 def _archived_election_page(portal: str, lang: str, election_id: str,
                             archive_root: Path | None) -> SeenPage:
     # The election page was fetched (and archived) by detect_change: this reads the archive

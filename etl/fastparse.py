@@ -126,18 +126,19 @@ def _division(heading: etree._Element, time_tag: etree._Element,
     for table in tables:
         columns, body = _header_columns(table)
         strong = _COL_VOTES in columns and (_COL_NAME in columns or _COL_POSITION in columns)
-        if strong or "results" in _classes(table) or (
-                len(columns) >= 3 and not _has_child_links(table, url)):
+        named = strong or "results" in _classes(table)
+        # As the parser of record decides: a results table by its header or class, else
+        # links, else a results table by its width, else protocol rows.
+        links = [] if named else _child_links(table, url)
+        if links:
+            children.extend(links)
+        elif named or len(columns) >= 3:
             if results_found:
                 raise NotSpecShaped("two results tables")
             lines = _results(columns, body, url)
             results_found = True
-            continue
-        links = _child_links(table, url)
-        if links:
-            children.extend(links)
-            continue
-        protocol_rows.extend(_protocol_rows(table))
+        else:
+            protocol_rows.extend(_protocol_rows(table))
 
     return DivisionPage(
         declared_id=heading.get("data-division-id"),
@@ -276,10 +277,6 @@ def _is_against_all_label(name: str) -> bool:
         return False
     norm = _norm(name)
     return any(label in norm for label in _AGAINST_ALL_LABELS)
-
-
-def _has_child_links(table: etree._Element, url: str) -> bool:
-    return bool(_child_links(table, url))
 
 
 def _child_links(table: etree._Element, url: str) -> list[Link]:
