@@ -31,8 +31,17 @@ from bench import save_report
 from etl.archive import RawArchive
 from etl.fastparse import parse_division_page
 from etl.fetch import PortalClient
-from etl.pagecache import PageCache, cache_entry, page_key, reuse
-from etl.records import page_record
+from etl.normalise import crawl_table
+from etl.pagecache import (
+    PLACE_COLUMNS,
+    cacheable,
+    page_key,
+    read_pages,
+    reused_pages,
+    reused_row,
+    write_pages,
+)
+from etl.records import CrawledDivision, page_record
 from etl.replica.process import control, free_port
 
 
@@ -137,11 +146,20 @@ def main() -> int:
             page_key(u, b) for u, b in zip(urls, bodies, strict=True)])
         parsed = measure("fast parse alone", lambda: [
             parse_division_page(b, u, "utf-8")[0] for u, b in zip(urls, bodies, strict=True)])
-        entries = {k.key: cache_entry(k, p) for k, p in zip(keyed, parsed, strict=True)
-                   if k is not None}
-        cache = PageCache({k: e for k, e in entries.items() if e is not None})
-        measure("reuse of a cached page alone", lambda: [reuse(cache, k) for k in keyed if k])
         records = [page_record(p) for p in parsed]
+        table = crawl_table((), [CrawledDivision("c", url, None, url, "-", record)
+                                 for url, record in zip(urls, records, strict=True)]).pages
+        cache = read_pages(write_pages(tmp / "pages.parquet", table, [
+            k.key if k is not None and cacheable(k, p) else None
+            for k, p in zip(keyed, parsed, strict=True)]))
+        assert cache is not None
+
+        def reuse_all() -> None:
+            rows = [row for k in keyed if k and (row := reused_row(cache, k)) is not None]
+            places = ["x"] * len(rows)
+            reused_pages(cache, rows, dict.fromkeys(PLACE_COLUMNS, places))
+
+        measure("reuse of cached pages alone (row lookup, then their columns)", reuse_all)
         measure("pickle round trip of a PageRecord", lambda: [
             pickle.loads(pickle.dumps(r)) for r in records])
         measure("pickle round trip of a DivisionPage", lambda: [

@@ -39,7 +39,7 @@ from etl.archive import RawArchive
 from etl.fastparse import parse_division_page
 from etl.fetch import REFUSED, DeadlineExceeded, FetchedPage, FetchError, PortalClient, absolute_url
 from etl.normalise import CrawlTable, crawl_table
-from etl.pagecache import PageCache, cache_entry, page_key, reuse
+from etl.pagecache import PLACE_COLUMNS, PageCache, cacheable, page_key, reused_pages, reused_row
 from etl.parse import PageParseError, parse_election
 from etl.records import CrawledDivision, ElectionPage, FetchFailure, PageRecord, page_record
 
@@ -112,8 +112,9 @@ class ContestCrawl:
     pages_parsed_fast: int = 0
     pages_parsed_fallback: int = 0
     pages_reused: int = 0
-    # page key -> cache entry of every page read, for the next cycle (see etl.pagecache)
-    parsed_pages: tuple[tuple[str, str, str], ...] = ()
+    # Each division page's key (see etl.pagecache), in the order of the contest's rows in
+    # the crawl table; None for a page that cannot be reused. For the next cycle's cache.
+    page_keys: tuple[str | None, ...] = ()
     # Links not followed by policy without losing a page (query-string variants of a path
     # already fetched): for the cycle summary, not coverage failures.
     refused: tuple[FetchFailure, ...] = ()
@@ -155,36 +156,63 @@ class _ContestProgress:
     """What one contest's crawl has gathered so far (mutable, private to the crawl loop)."""
 
     # Each division's place in the tree (the link positions from the root down), so the
-    # snapshot lists divisions in the portal's own order, whatever order they arrived;
-    # their records, in the order they arrived, in columns (`chunks`) but for the last few.
+    # snapshot lists divisions in the portal's own order, whatever order they arrived.
+    # Parsed pages: their records, in the order they arrived, in columns (`chunks`) but
+    # for the last few. Reused pages: their row of the page cache and their place.
     orders: list[tuple[int, ...]] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)
     chunks: list[pa.Table] = field(default_factory=list)
     pending: list[CrawledDivision] = field(default_factory=list)
+    reused_orders: list[tuple[int, ...]] = field(default_factory=list)
+    reused_keys: list[str] = field(default_factory=list)
+    reused_rows: list[int] = field(default_factory=list)
+    reused_places: dict[str, list[str | None]] = field(
+        default_factory=lambda: {name: [] for name in PLACE_COLUMNS})
     failures: list[FetchFailure] = field(default_factory=list)
     refused: list[FetchFailure] = field(default_factory=list)
     fetched: int = 0
     not_modified: int = 0
     read_as: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_READ_AS, 0))
-    parsed_pages: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def add(self, order: tuple[int, ...], division: CrawledDivision) -> None:
-        """Record a division page at its place in the tree."""
+    def add(self, order: tuple[int, ...], division: CrawledDivision, key: str | None) -> None:
+        """Record a parsed division page at its place in the tree."""
         self.orders.append(order)
+        self.keys.append(key)
         self.pending.append(division)
         if len(self.pending) >= _COLUMNS_EVERY:
             self._to_columns()
+
+    def add_reused(self, order: tuple[int, ...], place: tuple[str | None, ...], row: int,
+                   key: str) -> None:
+        """Record a reused division page (its row of the page cache) at its place."""
+        self.reused_orders.append(order)
+        self.reused_keys.append(key)
+        self.reused_rows.append(row)
+        for values, value in zip(self.reused_places.values(), place, strict=True):
+            values.append(value)
+
+    def divisions(self) -> int:
+        """How many division pages were recorded."""
+        return len(self.orders) + len(self.reused_orders)
 
     def _to_columns(self) -> None:
         if self.pending:
             self.chunks.append(crawl_table((), self.pending).pages)
             self.pending = []
 
-    def pages(self) -> pa.Table:
-        """Every division page recorded, in tree order (`PAGE_SCHEMA` rows)."""
+    def pages(self, cache: PageCache | None) -> tuple[pa.Table, list[str | None]]:
+        """Every division page recorded, in tree order (`PAGE_SCHEMA` rows), and their keys."""
         self._to_columns()
-        table = pa.concat_tables(self.chunks) if self.chunks else crawl_table((), ()).pages
-        in_tree_order = sorted(range(len(self.orders)), key=self.orders.__getitem__)
-        return table.take(pa.array(in_tree_order, pa.int64()))
+        tables = self.chunks or [crawl_table((), ()).pages]
+        if self.reused_rows:
+            assert cache is not None
+            tables = [*tables, reused_pages(cache, self.reused_rows, self.reused_places)]
+        orders = self.orders + self.reused_orders
+        keys: list[str | None] = [*self.keys, *self.reused_keys]
+        in_tree_order = sorted(range(len(orders)), key=orders.__getitem__)
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        return (table.take(pa.array(in_tree_order, pa.int64())),
+                [keys[index] for index in in_tree_order])
 
 
 @dataclass(frozen=True)
@@ -199,17 +227,18 @@ class _Visit:
 
 
 class _Outcome(NamedTuple):
-    """What a worker made of one page: its records, or why there are none (a tuple: one
-    crosses the process pipe for every page)."""
+    """What a worker made of one page: its records, its row of the page cache, or why
+    there are none (a tuple: one crosses the process pipe for every page)."""
 
     url: str
     sha256: str | None
     not_modified: bool
-    record: PageRecord | None
+    record: PageRecord | None  # a parsed page's
     failure: FetchFailure | None
     read_as: str | None = None  # fast / fallback / reused
     page_key: str | None = None  # see etl.pagecache; None when the page is not reusable
-    cache_entry: str | None = None  # the freshly parsed page, for the next cycle's cache
+    reused_row: int | None = None  # a reused page's row of the cache
+    stamp: str | None = None  # a reused page's new `updated` time (ISO 8601)
 
 
 # The page source of a worker process, opened once by `_open_source`, the threads its
@@ -250,20 +279,18 @@ def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
         return _Outcome(page.url, None, False, None, page)
     keyed = page_key(page.url, page.body)
     if keyed is not None and _cache is not None:
-        reused = reuse(_cache, keyed)
-        if reused is not None:
-            return _Outcome(page.url, page.sha256, page.not_modified, reused, None, _REUSED,
-                            keyed.key)
+        row = reused_row(_cache, keyed)
+        if row is not None:  # the records stay in the cache: only their row crosses the pipe
+            return _Outcome(page.url, page.sha256, page.not_modified, None, None, _REUSED,
+                            keyed.key, row, keyed.stamp.isoformat())
     try:
         division, fell_back = parse_division_page(page.body, page.url, page.encoding)
     except PageParseError as exc:
         return _Outcome(page.url, page.sha256, page.not_modified, None,
                         FetchFailure(exc.url, str(exc), 200))
-    record = page_record(division)
-    entry = cache_entry(keyed, division, record) if keyed is not None else None
-    return _Outcome(page.url, page.sha256, page.not_modified, record, None,
+    return _Outcome(page.url, page.sha256, page.not_modified, page_record(division), None,
                     _FALLBACK if fell_back else _FAST,
-                    keyed.key if keyed is not None and entry else None, entry)
+                    keyed.key if keyed is not None and cacheable(keyed, division) else None)
 
 
 def _visit_batch(paths: Sequence[str]) -> list[_Outcome]:
@@ -394,14 +421,13 @@ def crawl_contests(
                 once_parsing = None
             for visit, outcome in zip(pending.pop(future), outcomes, strict=True):
                 contest = progress[visit.contest_id]
-                if outcome.record is None:
-                    assert outcome.failure is not None
+                if outcome.failure is not None:
                     contest.failures.append(outcome.failure)
                     continue
-                division_id = _record(contest, visit, outcome)
+                division_id, children = _record(contest, visit, outcome, cache)
                 submit([_Visit(visit.contest_id, href, segment, division_id,
                                (*visit.order, position))
-                        for position, (segment, _, href) in enumerate(outcome.record.children)])
+                        for position, (segment, _, href) in enumerate(children)])
     finally:
         # After a deadline, do not wait for a stuck worker: its fetch ends on its own.
         pool.shutdown(wait=time.time() < ends_at + DEADLINE_GRACE_S, cancel_futures=True)
@@ -410,20 +436,21 @@ def crawl_contests(
             _close_source()
     if time.time() > ends_at:
         raise _deadline_error(election_id, progress, len(seen), ends_at - started_at)
-    crawls = []
+    crawls, tables = [], []
     for contest_id, contest in progress.items():
         log.info("crawled %s/%s: %d divisions, %d fetched, %d not modified, %d failed; "
-                 "read %s", election_id, contest_id, len(contest.orders), contest.fetched,
+                 "read %s", election_id, contest_id, contest.divisions(), contest.fetched,
                  contest.not_modified, len(contest.failures), contest.read_as)
+        table, keys = contest.pages(cache)
+        tables.append(table)
         crawls.append(ContestCrawl(
             election_id, contest_id, tuple(contest.failures),
             contest.fetched, contest.not_modified,
             pages_parsed_fast=contest.read_as[_FAST],
             pages_parsed_fallback=contest.read_as[_FALLBACK],
-            pages_reused=contest.read_as[_REUSED], parsed_pages=tuple(contest.parsed_pages),
+            pages_reused=contest.read_as[_REUSED], page_keys=tuple(keys),
             refused=tuple(contest.refused)))
-    crawled = CrawlTable(pa.concat_tables([contest.pages() for contest in progress.values()]
-                                          or [crawl_table((), ()).pages]), tuple(crawls))
+    crawled = CrawlTable(pa.concat_tables(tables or [crawl_table((), ()).pages]), tuple(crawls))
     log.info("crawled %d contests of %s in %.2fs", len(crawls), election_id,
              time.perf_counter() - started)
     return crawled
@@ -460,24 +487,26 @@ def _deadline_error(
     )
 
 
-def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome) -> str:
-    """Add a parsed page to its contest; return the division's id."""
-    assert outcome.record is not None and outcome.sha256 is not None
+def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome,
+            cache: PageCache | None) -> tuple[str, tuple[tuple[str, str, str], ...]]:
+    """Add a parsed or reused page to its contest; the division's id and its child links."""
+    assert outcome.sha256 is not None
     if outcome.not_modified:
         contest.not_modified += 1
     else:
         contest.fetched += 1
     if outcome.read_as is not None:
         contest.read_as[outcome.read_as] += 1
-    if outcome.page_key is not None:
-        entry = outcome.cache_entry
-        if entry is None and _cache is not None:  # reused: carry the old entry forward
-            entry = _cache.entries.get(outcome.page_key)
-        if entry is not None:
-            contest.parsed_pages.append((outcome.url, outcome.page_key, entry))
     # A contest's root declares its own id; every other division is its URL segment.
-    division_id = visit.division_id or outcome.record.declared_id or visit.contest_id
-    contest.add(visit.order, CrawledDivision(
-        visit.contest_id, division_id, visit.parent_id, outcome.url, outcome.sha256,
-        outcome.record))
-    return division_id
+    row, key = outcome.reused_row, outcome.page_key
+    if row is not None and key is not None and cache is not None:
+        division_id = visit.division_id or cache.declared_ids[row] or visit.contest_id
+        contest.add_reused(visit.order, (visit.contest_id, division_id, visit.parent_id,
+                                         outcome.url, outcome.sha256, outcome.stamp), row, key)
+        return division_id, cache.children.get(row, ())
+    record = outcome.record
+    assert record is not None, "an outcome without records, failure or cached row"
+    division_id = visit.division_id or record.declared_id or visit.contest_id
+    contest.add(visit.order, CrawledDivision(visit.contest_id, division_id, visit.parent_id,
+                                             outcome.url, outcome.sha256, record), key)
+    return division_id, record.children

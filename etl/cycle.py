@@ -271,9 +271,8 @@ def crawl_batch(
                              once_parsing=once_parsing,
                              deadline=deadline)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_pages(_parsed_pages_path(out_path),
-                ((crawl.contest_id, url, key, entry) for crawl in crawled.contests
-                 for url, key, entry in crawl.parsed_pages))
+    write_pages(_parsed_pages_path(out_path), crawled.pages,
+                [key for crawl in crawled.contests for key in crawl.page_keys])
     write_crawl_table(out_path, crawled)
     return out_path
 

@@ -9,33 +9,46 @@ so the parser of record would read the same records; the stamp is read from the 
 exactly as `etl.parse` reads it. A page with no such element, or more than one `<time`,
 is always parsed.
 
-The cache lives beside the last completed cycle's state, `state/<election>.pages.parquet`
-(columns contest_id, url, page_key, page — the records as JSON), and names the parser
-version (a digest of the parsing modules' source): after a parser fix nothing is reused.
+The cache lives beside the last completed cycle's state, `state/<election>.pages.parquet`:
+the crawl table's rows of the pages that can be reused (columns contest_id, page_key and
+the records' columns of `etl.normalise.PAGE_SCHEMA`), named with the parser version (a
+digest of the parsing modules' source): after a parser fix nothing is reused. A reused
+page never becomes Python objects: a crawl worker answers with the cached row's number,
+and the crawl takes those rows from the cache's columns (`reused_pages`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from itertools import pairwise
 from pathlib import Path
 
+import pyarrow as pa
+
+from etl.normalise import PAGE_SCHEMA
 from etl.parse import BISHKEK_TZ
-from etl.records import DivisionPage, PageRecord, page_record
+from etl.records import DivisionPage, LinkValues
 
 log = logging.getLogger(__name__)
 
 _STAMP = re.compile(rb'<time class="updated" datetime="([0-9T:+\-.Z ]+)">[^<]*</time>')
 _TIME_OPEN = re.compile(rb"<time", re.I)
 _VERSION_KEY = b"cec.parser_version"
-_PARSING_MODULES = ("parse.py", "fastparse.py", "records.py", "pagecache.py")
+_PARSING_MODULES = ("parse.py", "fastparse.py", "records.py", "pagecache.py", "normalise.py")
+
+# What a crawled page's row says of where and when it was read: taken from the page
+# fetched now. The other columns are its records, which a reused page takes from the cache.
+PLACE_COLUMNS = ("contest_id", "division_id", "parent_id", "url", "sha256", "portal_updated_at")
+RECORD_COLUMNS = tuple(name for name in PAGE_SCHEMA.names if name not in PLACE_COLUMNS)
+_CACHE_SCHEMA = pa.schema([PAGE_SCHEMA.field("contest_id"), pa.field("page_key", pa.string()),
+                           *(PAGE_SCHEMA.field(name) for name in RECORD_COLUMNS)])
 
 
 @dataclass(frozen=True)
@@ -48,9 +61,17 @@ class PageKey:
 
 @dataclass(frozen=True)
 class PageCache:
-    """Cache entries (page key -> records as JSON) of the last completed cycle."""
+    """The pages the last completed cycle read, for reuse.
 
-    entries: dict[str, str]
+    `rows` maps a page key to its row of `records` (RECORD_COLUMNS); `children` and
+    `declared_ids` are a row's child links and declared id, which the crawl follows
+    without building the row's records.
+    """
+
+    rows: dict[str, int]
+    records: pa.Table
+    children: dict[int, tuple[LinkValues, ...]]
+    declared_ids: list[str | None]
 
 
 @cache
@@ -85,29 +106,26 @@ def _stamp(raw: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=BISHKEK_TZ)
 
 
-def cache_entry(keyed: PageKey, page: DivisionPage, record: PageRecord | None = None) -> str | None:
-    """The page's records as a cache entry, or None when its stamp is not the keyed one.
-
-    `record` is the page's `page_record`, when the caller has made it already.
-    """
-    if repr(page.portal_updated_at) != repr(keyed.stamp):
-        return None  # the parser took its time from elsewhere: do not reuse this page
-    record = record or page_record(page)
-    return json.dumps([
-        record.declared_id, record.level, record.name, record.has_results_table,
-        record.protocol, record.lines, record.children, record.fractional_counts,
-    ], ensure_ascii=False)
+def cacheable(keyed: PageKey, page: DivisionPage) -> bool:
+    """Whether a parsed page may be reused under its key: only when the parser of record
+    took its time from the keyed stamp element (not from elsewhere on the page)."""
+    return repr(page.portal_updated_at) == repr(keyed.stamp)
 
 
-def reuse(page_cache: PageCache, keyed: PageKey) -> PageRecord | None:
-    """The cached records of this page with its new stamp, or None."""
-    entry = page_cache.entries.get(keyed.key)
-    if entry is None:
-        return None
-    declared_id, level, name, has_results, protocol, lines, children, fractional = json.loads(entry)
-    return PageRecord(
-        declared_id, level, name, keyed.stamp.isoformat(), tuple(protocol), has_results,
-        tuple(map(tuple, lines)), tuple(map(tuple, children)), tuple(map(tuple, fractional)))
+def reused_row(page_cache: PageCache, keyed: PageKey) -> int | None:
+    """The cache's row of this page's records, or None when it has to be parsed."""
+    return page_cache.rows.get(keyed.key)
+
+
+def reused_pages(page_cache: PageCache, rows: Sequence[int],
+                 places: Mapping[str, Sequence[str | None]]) -> pa.Table:
+    """Crawl-table rows (PAGE_SCHEMA) of reused pages: their records from the cache's
+    `rows`, their place in this crawl (PLACE_COLUMNS: contest, ids, URL, digest and the
+    stamp as ISO 8601 text) from `places`."""
+    records = page_cache.records.take(pa.array(rows, pa.int64()))
+    columns = {name: records.column(name) for name in RECORD_COLUMNS}
+    columns |= {name: pa.array(places[name], pa.string()) for name in PLACE_COLUMNS}
+    return pa.Table.from_arrays([columns[name] for name in PAGE_SCHEMA.names], schema=PAGE_SCHEMA)
 
 
 def cache_path(state_dir: Path, election_id: str) -> Path:
@@ -115,16 +133,20 @@ def cache_path(state_dir: Path, election_id: str) -> Path:
     return state_dir / f"{election_id}.pages.parquet"
 
 
-def write_pages(path: Path, rows: Iterable[tuple[str, str, str, str]]) -> Path:
-    """Write (contest_id, url, page_key, page) rows as a cache file, atomically."""
-    import pyarrow as pa
+def write_pages(path: Path, pages: pa.Table, page_keys: Sequence[str | None]) -> Path:
+    """Write the crawled pages (PAGE_SCHEMA rows) that have a key as a cache file, atomically.
+
+    `page_keys` has one entry per row of `pages`: its key, or None if it cannot be reused.
+    """
     import pyarrow.parquet as pq
 
-    columns: dict[str, list[str]] = {"contest_id": [], "url": [], "page_key": [], "page": []}
-    for row in rows:
-        for column, value in zip(columns, row, strict=True):
-            columns[column].append(value)
-    table = pa.table(columns).replace_schema_metadata({_VERSION_KEY: parser_version().encode()})
+    keep = pa.array([index for index, key in enumerate(page_keys) if key is not None], pa.int64())
+    kept = pages.take(keep)
+    columns = {name: kept.column(name) for name in ("contest_id", *RECORD_COLUMNS)}
+    columns["page_key"] = pa.array([key for key in page_keys if key is not None], pa.string())
+    table = pa.Table.from_arrays([columns[name] for name in _CACHE_SCHEMA.names],
+                                 schema=_CACHE_SCHEMA.with_metadata(
+                                     {_VERSION_KEY: parser_version().encode()}))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd")
@@ -133,7 +155,7 @@ def write_pages(path: Path, rows: Iterable[tuple[str, str, str, str]]) -> Path:
 
 
 def read_pages(path: Path, contests: Sequence[str] | None = None) -> PageCache | None:
-    """The cache file's entries (of `contests` only, if given); None if absent or stale."""
+    """The cache file's pages (of `contests` only, if given); None if absent or stale."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -147,15 +169,37 @@ def read_pages(path: Path, contests: Sequence[str] | None = None) -> PageCache |
             return None
         # ParquetFile, not read_table(filters=…): that imports pyarrow.dataset (~0.2 s)
         # before the crawl starts.
-        table = pq.ParquetFile(path).read(columns=["contest_id", "page_key", "page"])
-    except (OSError, ValueError) as exc:
+        table = pq.ParquetFile(path).read()
+        if not table.schema.equals(_CACHE_SCHEMA):
+            raise ValueError(f"columns {table.schema.names}, not those of this version")
+    except (OSError, ValueError, pa.ArrowException) as exc:
         log.warning("page cache %s unreadable, parsing every page: %s", path, exc)
         return None
     keys = table.column("page_key").to_pylist()
-    pages = table.column("page").to_pylist()
-    if not contests:
-        return PageCache(dict(zip(keys, pages, strict=True)))
-    # In Python, not Table.filter: that imports pandas (~0.6 s) before the crawl can start.
-    wanted = set(contests)
-    return PageCache({key: page for contest, key, page in zip(
-        table.column("contest_id").to_pylist(), keys, pages, strict=True) if contest in wanted})
+    if contests:
+        # In Python, not Table.filter: that imports pandas (~0.6 s) before the crawl can start.
+        wanted = set(contests)
+        rows = {key: row for row, (contest, key) in enumerate(zip(
+            table.column("contest_id").to_pylist(), keys, strict=True)) if contest in wanted}
+    else:
+        rows = {key: row for row, key in enumerate(keys)}
+    return PageCache(rows, table, _children_by_row(table.column("children")),
+                     table.column("declared_id").to_pylist())
+
+
+def _children_by_row(column: pa.ChunkedArray) -> dict[int, tuple[LinkValues, ...]]:
+    """Each row's child links (only rows that have some: most pages are precincts)."""
+    children: dict[int, tuple[LinkValues, ...]] = {}
+    base = 0
+    for chunk in column.chunks:
+        assert isinstance(chunk, pa.ListArray)
+        if chunk.null_count:
+            raise ValueError("a page without a list of child links")
+        # Offsets index `values` (not `flatten()`, which drops what a slice leaves out).
+        links = list(zip(*(field.to_pylist() for field in chunk.values.flatten()), strict=True))
+        offsets = chunk.offsets.to_pylist()
+        for row, (start, end) in enumerate(pairwise(offsets)):
+            if end > start:
+                children[base + row] = tuple(links[start:end])
+        base += len(chunk)
+    return children

@@ -12,10 +12,19 @@ import pandas as pd
 import pytest
 
 from etl import cycle
-from etl.normalise import read_snapshot_frames, read_snapshot_meta
-from etl.pagecache import PageCache, cache_entry, cache_path, page_key, read_pages, reuse, write_pages
+from etl.normalise import crawl_table, read_snapshot_frames, read_snapshot_meta
+from etl.pagecache import (
+    PLACE_COLUMNS,
+    cache_path,
+    cacheable,
+    page_key,
+    read_pages,
+    reused_pages,
+    reused_row,
+    write_pages,
+)
 from etl.parse import parse_division
-from etl.records import page_record
+from etl.records import CrawledDivision, page_record
 from etl.replica import ReplicaServer
 from etl.replica.render import PortalRenderer
 
@@ -115,16 +124,23 @@ def test_five_percent_of_precincts_changed_reparses_only_the_changed_pages(
     assert parsed["fast"] + parsed["fallback"] == changed
 
 
+def crawled_row(url: str, html: bytes, sha256: str = "digest") -> CrawledDivision:
+    """A page of contest `list` as the crawl records it after parsing it."""
+    return CrawledDivision("list", "7", "list", url, sha256, page_record(parse_division(html, url)))
+
+
 def test_a_changed_parser_reuses_nothing(tmp_path: Path) -> None:
     html = (FIXTURES / "spec_example_ru.html").read_bytes()
     url = "http://portal/ru/results/jk2021/list/7/"
     keyed = page_key(url, html)
-    assert keyed is not None
-    entry = cache_entry(keyed, parse_division(html, url))
-    assert entry is not None
-    path = write_pages(tmp_path / "pages.parquet", [("list", url, keyed.key, entry)])
-    assert read_pages(path) == PageCache({keyed.key: entry})
-    assert read_pages(path, ["okrug-1"]) == PageCache({})
+    assert keyed is not None and cacheable(keyed, parse_division(html, url))
+    pages = crawl_table((), [crawled_row(url, html), crawled_row(url + "x/", html)]).pages
+    path = write_pages(tmp_path / "pages.parquet", pages, [keyed.key, None])  # None: not kept
+    cache = read_pages(path)
+    assert cache is not None and cache.rows == {keyed.key: 0} and cache.records.num_rows == 1
+    assert cache.declared_ids == [pages.column("declared_id")[0].as_py()]
+    other_contests = read_pages(path, ["okrug-1"])
+    assert other_contests is not None and other_contests.rows == {}
 
     import pyarrow.parquet as pq
 
@@ -135,18 +151,25 @@ def test_a_changed_parser_reuses_nothing(tmp_path: Path) -> None:
     assert read_pages(path) is None  # unreadable: every page is parsed, nothing breaks
 
 
-def test_reused_records_carry_the_new_stamp_and_equal_a_fresh_parse() -> None:
+def test_reused_records_carry_the_new_stamp_and_equal_a_fresh_parse(tmp_path: Path) -> None:
     html = (FIXTURES / "spec_example_ru.html").read_bytes()
     url = "http://portal/ru/results/jk2021/list/7/"
     keyed = page_key(url, html)
     assert keyed is not None
-    entry = cache_entry(keyed, parse_division(html, url))
-    assert entry is not None
+    cache = read_pages(write_pages(tmp_path / "pages.parquet",
+                                   crawl_table((), [crawled_row(url, html)]).pages, [keyed.key]))
+    assert cache is not None
     restamped = html.replace(b"2021-11-28T21:05:13+06:00", b"2021-11-29T08:00:00+06:00")
     new_key = page_key(url, restamped)
     assert new_key is not None and new_key.key == keyed.key
-    assert reuse(PageCache({keyed.key: entry}), new_key) == page_record(
-        parse_division(restamped, url))
+    row = reused_row(cache, new_key)
+    assert row == 0
+    fresh = crawl_table((), [crawled_row(url, restamped, "new digest")]).pages
+    place = fresh.select(list(PLACE_COLUMNS)).to_pylist()[0]
+    assert place["portal_updated_at"] == new_key.stamp.isoformat()
+    reused = reused_pages(cache, [row], {name: [value] for name, value in place.items()})
+    assert reused.equals(fresh)
+    assert cache.children == {0: page_record(parse_division(html, url)).children}
     # Another URL with the same body is another page (links resolve against the URL).
     other = page_key("http://portal/ru/results/jk2021/list/8/", html)
     assert other is not None and other.key != keyed.key
@@ -170,7 +193,7 @@ def test_pages_whose_stamp_is_not_plain_are_always_parsed(stamp: bytes) -> None:
     keyed = page_key(url, page)
     # Not keyed at all, or keyed but the parser of record did not take its time from that
     # element: either way the page is never reused.
-    assert keyed is None or cache_entry(keyed, parse_division(page, url)) is None
+    assert keyed is None or not cacheable(keyed, parse_division(page, url))
 
 
 def test_the_cache_follows_the_last_completed_cycle(
@@ -183,7 +206,7 @@ def test_the_cache_follows_the_last_completed_cycle(
     assert state["snapshot_id"] == read_snapshot_meta(snapshot_dir)["snapshot_id"]
     pages = read_pages(cached)
     assert pages is not None
-    assert len(pages.entries) == len(read_snapshot_frames(snapshot_dir)["divisions"])
+    assert len(pages.rows) == len(read_snapshot_frames(snapshot_dir)["divisions"])
 
 
 def test_the_replica_restamp_control_changes_only_the_stamp(replica: ReplicaServer) -> None:
