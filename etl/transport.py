@@ -27,13 +27,16 @@ Redirects, retries, deadlines and the size cap are the caller's (`etl.fetch`).
 from __future__ import annotations
 
 import base64
+import email.parser
 import functools
 import http.client
 import io
+import re
 import socket
 import ssl
 import threading
 import time
+import types
 import urllib.request
 import zlib
 from typing import Any
@@ -159,6 +162,42 @@ class _DeadlineReader(io.RawIOBase):
         super().close()
 
 
+# http.client reads every response's headers with the `email` package: ~40 µs a response
+# here, the largest single part of what a re-fetched page costs a crawl worker. A header
+# block of the plain shape web servers send (every line `Name: value` in printable ASCII,
+# CRLF-ended, no folded lines, no multipart or message/* body type) is read directly into
+# the same `HTTPMessage` the email parser would build (`tests/test_transport.py` compares
+# them); any other block goes to the email parser, as http.client does.
+_PLAIN_HEADER = re.compile(rb"([!-9;-~]+):[ \t]*([\t -~]*)\r\n")
+
+
+def _parse_headers(fp: io.BufferedIOBase,
+                   _class: type[http.client.HTTPMessage] = http.client.HTTPMessage,
+                   ) -> http.client.HTTPMessage:
+    lines = http.client._read_headers(fp)  # type: ignore[attr-defined]  # its line and count caps
+    if lines[-1] == b"\r\n":
+        message = _class()
+        for line in lines[:-1]:
+            plain = _PLAIN_HEADER.fullmatch(line)
+            if plain is None:
+                break
+            message.set_raw(plain[1].decode("ascii"), plain[2].decode("ascii"))
+        else:
+            if message.get_content_maintype() not in ("multipart", "message"):
+                message.set_payload("")
+                return message
+    parsed: http.client.HTTPMessage = email.parser.Parser(_class=_class).parsestr(
+        b"".join(lines).decode("iso-8859-1"))
+    return parsed
+
+
+def _with_header_parser(begin: Any) -> Any:
+    """`HTTPResponse.begin` reading headers with `_parse_headers` (the module-level
+    function it calls, replaced for this class only, not for every http.client user)."""
+    return types.FunctionType(begin.__code__, vars(http.client) | {"parse_headers": _parse_headers},
+                              begin.__name__, begin.__defaults__, begin.__closure__)
+
+
 class _DeadlineResponse(http.client.HTTPResponse):
     """`http.client`'s response, reading the socket through a `_DeadlineReader`: the status
     line, headers and chunk-size lines are read line by line, and without a deadline a
@@ -169,6 +208,8 @@ class _DeadlineResponse(http.client.HTTPResponse):
         super().__init__(sock, debuglevel, method, url)
         stream = self.fp.detach()  # nothing read yet: its buffer is empty
         self.fp = io.BufferedReader(_DeadlineReader(stream, sock, timeout, deadline))
+
+    begin = _with_header_parser(http.client.HTTPResponse.begin)
 
 
 class Response:

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -322,3 +323,40 @@ def test_a_host_in_no_proxy_is_reached_directly(
         assert portal.fetch("/page").body == PAGE
         portal.close()
     assert portal_server.requests[0][0] == "GET /page HTTP/1.1"
+
+
+@pytest.mark.parametrize("block", [
+    b"Content-Type: text/html; charset=utf-8\r\nContent-Length: 12\r\nETag: \"x\"\r\n\r\n",
+    b"X-A:  leading spaces, trailing kept  \r\nX-B:\t\ttab\t\r\nX-Empty:\r\nX-Empty-2: \r\n\r\n",
+    b"Set-Cookie: a=1\r\nset-cookie: b=2\r\nSET-COOKIE: c=3\r\n\r\n",  # repeated names
+    b"\r\n",  # no headers at all
+    b"X-Folded: one\r\n two\r\nX-After: 1\r\n\r\n",  # obsolete line folding
+    b"X-Latin: caf\xe9\r\n\r\n",  # not ASCII
+    b"X-LF: bare\nX-Next: 1\r\n\r\n",  # a bare LF line
+    b"X-CR: bare\rcarriage\r\n\r\n",  # a CR inside a value
+    b"no colon here\r\nX-A: 1\r\n\r\n",
+    b": empty name\r\nX-A: 1\r\n\r\n",
+    b"From someone\r\nX-A: 1\r\n\r\n",
+    b" X-Leading: space\r\n\r\n",
+    b"Content-Type: multipart/mixed; boundary=z\r\n\r\n",
+    b"Content-Type:  Message/RFC822\r\n\r\n",
+    b"Content-Type: text/html\r\nX-Cut: no end",  # the connection closed in the headers
+])
+def test_the_plain_header_reader_builds_the_message_the_email_parser_builds(block: bytes) -> None:
+    import http.client
+    import io
+
+    from etl.transport import _parse_headers
+
+    def described(message: Any) -> dict[str, Any]:
+        # Every attribute; defects by type and sub-messages described alike (neither
+        # compares equal to another object of its kind).
+        payload = message._payload
+        return vars(message) | {
+            "defects": [type(defect) for defect in message.defects],
+            "_payload": [described(part) for part in payload] if isinstance(payload, list)
+            else payload}
+
+    ours, theirs = io.BytesIO(block + b"BODY"), io.BytesIO(block + b"BODY")
+    assert described(_parse_headers(ours)) == described(http.client.parse_headers(theirs))
+    assert ours.read() == theirs.read()  # both stop at the same byte: the body's first
