@@ -206,6 +206,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     import multiprocessing
 
     from etl import cycle
+    from etl.archive import forget_shared_archives
     from etl.crawl import DEADLINE_GRACE_S
     from etl.fetch import DeadlineExceeded
     from etl.forked import ForkedTask
@@ -222,6 +223,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
             batches=1)  # one crawl task: it has every core
 
     task = ForkedTask(crawl, "crawl")
+    forget_shared_archives()  # the crawl's processes hold it now; not under the gate's peak
     _warm_up(cycle.warm_imports)
     while not task.done(timeout=0.05):
         if parsing.is_set():

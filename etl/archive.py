@@ -320,6 +320,18 @@ class RawArchive:
         finally:
             os.close(fd)  # closing releases the lock
 
+    def catch_up(self) -> bool:
+        """Remember the index lines other processes appended since this instance read it;
+        False if the index is no longer the one it read (replaced or cut short)."""
+        with self._lock:
+            try:
+                if self.index_path.stat().st_size < self._index_offset:
+                    return False
+            except FileNotFoundError:
+                return self._index_offset == 0
+            self._read_index_tail(self._index_offset)
+            return True
+
     def latest(self, url: str) -> ArchivedResponse | None:
         """The last 200 response archived for `url`, for a conditional request."""
         with self._lock:
@@ -354,3 +366,41 @@ class RawArchive:
             raise ArchiveWriteError(errno.EIO, f"raw archive {self.root}: pack {pack} is shorter "
                                                f"than its index says ({sha256[:12]})")
         return body
+
+
+# One open archive per root and process, shared by the change detection and the crawl,
+# whose processes inherit it when they fork: opening an archive reads its checkpoint and
+# remembers every URL's latest response (~0.85 s at 100,000 precincts), which each crawl
+# worker used to pay again before its first fetch.
+_SHARED: dict[Path, tuple[RawArchive, tuple[int, int] | None]] = {}
+
+
+def shared_archive(root: Path) -> RawArchive:
+    """This process's open archive at `root` (inherited from the parent after a fork),
+    caught up with what other processes appended; a new one the first time, or if the
+    index was replaced meanwhile."""
+    key = Path(root).resolve()
+    held = _SHARED.get(key)
+    identity = _index_identity(key)
+    if held is not None:
+        archive, known = held
+        # The same index file as when it was opened (or it had none then), not cut short.
+        if known in (None, identity) and archive.catch_up():
+            _SHARED[key] = (archive, identity)
+            return archive
+    archive = RawArchive(key)
+    _SHARED[key] = (archive, _index_identity(key))
+    return archive
+
+
+def forget_shared_archives() -> None:
+    """Drop this process's shared archives (e.g. once a forked child has taken them over)."""
+    _SHARED.clear()
+
+
+def _index_identity(root: Path) -> tuple[int, int] | None:
+    try:
+        stat = (root / "index.jsonl").stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from etl import config
-from etl.archive import RawArchive
+from etl.archive import RawArchive, shared_archive
 from etl.fastparse import parse_division_page
 from etl.fetch import REFUSED, DeadlineExceeded, FetchedPage, FetchError, PortalClient, absolute_url
 from etl.normalise import CrawlTable, crawl_table
@@ -70,7 +70,7 @@ class SourceSpec:
 
     def open(self) -> PageSource:
         """Build the source this spec describes."""
-        archive = RawArchive(self.archive_root)
+        archive = shared_archive(self.archive_root)
         if self.archived_pages is not None:
             return ArchiveSource(self.base_url, archive, dict(self.archived_pages))
         return PortalClient(self.base_url, archive, pool_size=self.pool_size,
@@ -312,7 +312,9 @@ def _worker_pool(spec: SourceSpec, processes: int, concurrency: int) -> Executor
     if processes <= 1:
         _open_source(spec)
         return ThreadPoolExecutor(max_workers=max(1, concurrency))
-    # Fork, before this process starts any thread: workers start fast and clean.
+    # Fork, before this process starts any thread: workers start fast and clean, with the
+    # raw archive open (they inherit it instead of each reading its checkpoint again).
+    shared_archive(spec.archive_root)
     return ProcessPoolExecutor(max_workers=processes, initializer=_open_source,
                                initargs=(spec, max(1, concurrency // processes)),
                                mp_context=multiprocessing.get_context("fork"))

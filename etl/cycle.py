@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from etl import config
-from etl.archive import RawArchive
+from etl.archive import RawArchive, shared_archive
 from etl.crawl import ContestCrawl, SourceSpec, contest_path, crawl_contests, election_path
 from etl.fetch import (
     DeadlineExceeded,
@@ -188,7 +188,8 @@ def detect_change(
     """
     lang = lang or config.portal_lang()
     checked_id(election_id, "election id")
-    client = PortalClient(portal, RawArchive(archive_root or config.raw_dir()), deadline=deadline)
+    client = PortalClient(portal, shared_archive(archive_root or config.raw_dir()),
+                          deadline=deadline)
     checked_at = utc_now()
     try:
         election_page = client.fetch(election_path(lang, election_id))

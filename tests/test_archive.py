@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from etl.archive import ArchiveWriteError, RawArchive
+from etl.archive import ArchiveWriteError, RawArchive, forget_shared_archives, shared_archive
 
 
 def _pack_sizes(root: Path) -> dict[str, int]:
@@ -255,3 +255,44 @@ def test_the_checkpoint_keeps_each_urls_latest_and_earlier_bodies_stay_readable(
     first = hashlib.sha256(f"{urls[7]} 0".encode()).hexdigest()
     assert reopened.read(first) == f"{urls[7]} 0".encode()
     assert RawArchive(root).encoding_of(urls[7], first) == "utf-8"
+
+
+def _latest_in_a_fork_without_reopening(root: Path, url: str, conn: Any) -> None:
+    # In a forked child: the inherited archive answers; reading the index from its
+    # checkpoint again (what opening does) would fail the test.
+    RawArchive._load_index = lambda self: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        AssertionError("the archive was opened again"))
+    try:
+        latest = shared_archive(root).latest(url)
+        conn.send(latest.sha256 if latest else None)
+    except AssertionError as exc:
+        conn.send(str(exc))
+
+
+def test_the_shared_archive_is_opened_once_and_inherited_by_forked_processes(
+        tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    url = "http://p/ru/results/jk2021/list/7/"
+    shared = shared_archive(root)
+    first = shared.store(url, 200, {}, b"first", "t1")
+    assert shared_archive(root) is shared
+    # Another process's line is seen by the shared instance when it is asked for again.
+    second = RawArchive(root).store(url, 200, {}, b"second", "t2")
+    assert shared_archive(root) is shared and shared.latest(url).sha256 == second  # type: ignore[union-attr]
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_latest_in_a_fork_without_reopening, args=(root, url, send))
+    child.start()
+    assert receive.recv() == second
+    child.join()
+
+    # An index replaced meanwhile (the raw directory recreated) is opened anew.
+    (root / "index.jsonl").rename(tmp_path / "old-index.jsonl")
+    (root / "index.checkpoint.json").unlink(missing_ok=True)
+    fresh = RawArchive(root)
+    fresh.store(url, 200, {}, b"first", "t3")
+    reopened = shared_archive(root)
+    assert reopened is not shared and reopened.latest(url).sha256 == first  # type: ignore[union-attr]
+    forget_shared_archives()
+    assert shared_archive(root) is not reopened
