@@ -39,7 +39,15 @@ from etl.archive import RawArchive, shared_archive
 from etl.fastparse import parse_division_page
 from etl.fetch import REFUSED, DeadlineExceeded, FetchedPage, FetchError, PortalClient, absolute_url
 from etl.normalise import CrawlTable, crawl_table
-from etl.pagecache import PLACE_COLUMNS, PageCache, cacheable, page_key, reused_pages, reused_row
+from etl.pagecache import (
+    PLACE_COLUMNS,
+    PageCache,
+    cacheable,
+    page_key,
+    reused_pages,
+    reused_row,
+    reused_unchanged,
+)
 from etl.parse import PageParseError, parse_election
 from etl.records import CrawledDivision, ElectionPage, FetchFailure, PageRecord, page_record
 
@@ -277,6 +285,12 @@ def _fetch(path: str) -> FetchedPage | FetchFailure:
 def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
     if isinstance(page, FetchFailure):
         return _Outcome(page.url, None, False, None, page)
+    if page.not_modified and _cache is not None:
+        # A 304: the body the last cycle read here, if the cache has its row (not read again).
+        unchanged = reused_unchanged(_cache, page.url, page.sha256)
+        if unchanged is not None:
+            return _Outcome(page.url, page.sha256, True, None, None, _REUSED, unchanged[1],
+                            unchanged[0], unchanged[2])
     keyed = page_key(page.url, page.body)
     if keyed is not None and _cache is not None:
         row = reused_row(_cache, keyed)

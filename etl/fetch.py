@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import cached_property
 from urllib.parse import urljoin, urlsplit
 
 from etl import config
@@ -58,15 +59,26 @@ class FetchedPage:
     """A page's body and where it came from (a fresh 200 or the archive after a 304).
 
     `url` is the URL that answered (after same-host redirects); `encoding` is how its text
-    is read (`etl.parse.page_encoding`).
+    is read (`etl.parse.page_encoding`). A 304's body is read from `archive` when `body`
+    is first asked for: a crawl that reuses the page's records by its URL and digest never
+    reads it.
     """
 
     url: str
     status: int
-    body: bytes
+    fetched_body: bytes | None  # None: the archived body with this sha256
     sha256: str
     not_modified: bool
     encoding: str | None = None
+    archive: RawArchive | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def body(self) -> bytes:
+        """The page's bytes (read from the archive the first time, after a 304)."""
+        if self.fetched_body is not None:
+            return self.fetched_body
+        assert self.archive is not None, "a page with neither a body nor an archive"
+        return self.archive.read(self.sha256)
 
 
 def utc_now() -> str:
@@ -200,18 +212,17 @@ class PortalClient:
             except _RequestFailed as exc:
                 last_reason, last_status = str(exc), None
                 continue
-            fetched_at = utc_now()
             status = response.status
             if status == 304:
                 cached = self.archive.latest(answered)
                 if cached is not None:
-                    return FetchedPage(answered, 200, self.archive.read(cached.sha256),
-                                       cached.sha256, not_modified=True, encoding=cached.encoding)
+                    return FetchedPage(answered, 200, None, cached.sha256, not_modified=True,
+                                       encoding=cached.encoding, archive=self.archive)
                 last_reason, last_status = "304 without an archived body", 304
                 continue
             encoding, source = page_encoding(response.headers.get("Content-Type"), body)
             sha256 = self.archive.store(answered, status, dict(response.headers),
-                                        body, fetched_at, encoding=encoding,
+                                        body, utc_now(), encoding=encoding,
                                         encoding_source=source)
             if status == 200:
                 return FetchedPage(answered, 200, body, sha256, not_modified=False,

@@ -47,7 +47,11 @@ _PARSING_MODULES = ("parse.py", "fastparse.py", "records.py", "pagecache.py", "n
 # fetched now. The other columns are its records, which a reused page takes from the cache.
 PLACE_COLUMNS = ("contest_id", "division_id", "parent_id", "url", "sha256", "portal_updated_at")
 RECORD_COLUMNS = tuple(name for name in PAGE_SCHEMA.names if name not in PLACE_COLUMNS)
-_CACHE_SCHEMA = pa.schema([PAGE_SCHEMA.field("contest_id"), pa.field("page_key", pa.string()),
+# The body each page was read from (URL, digest, stamp) comes along: a page the portal
+# answers 304 for has that very body, so its row is found without reading the body again.
+_CACHE_SCHEMA = pa.schema([*(PAGE_SCHEMA.field(name) for name in ("contest_id", "url", "sha256",
+                                                                  "portal_updated_at")),
+                           pa.field("page_key", pa.string()),
                            *(PAGE_SCHEMA.field(name) for name in RECORD_COLUMNS)])
 
 
@@ -65,13 +69,18 @@ class PageCache:
 
     `rows` maps a page key to its row of `records` (RECORD_COLUMNS); `children` and
     `declared_ids` are a row's child links and declared id, which the crawl follows
-    without building the row's records.
+    without building the row's records. `by_url`, `sha256s`, `stamps` and `keys` say
+    which body each row was read from (see `reused_unchanged`).
     """
 
     rows: dict[str, int]
     records: pa.Table
     children: dict[int, tuple[LinkValues, ...]]
     declared_ids: list[str | None]
+    by_url: dict[str, int]
+    sha256s: list[str]
+    stamps: list[str]
+    keys: list[str]
 
 
 @cache
@@ -117,6 +126,16 @@ def reused_row(page_cache: PageCache, keyed: PageKey) -> int | None:
     return page_cache.rows.get(keyed.key)
 
 
+def reused_unchanged(page_cache: PageCache, url: str, sha256: str) -> tuple[int, str, str] | None:
+    """The cache's row, key and stamp of a page whose body is the one the last completed
+    cycle read at this URL (the portal answered 304): what `page_key` and `reused_row`
+    would give for that body, without reading it."""
+    row = page_cache.by_url.get(url)
+    if row is None or page_cache.sha256s[row] != sha256:
+        return None
+    return row, page_cache.keys[row], page_cache.stamps[row]
+
+
 def reused_pages(page_cache: PageCache, rows: Sequence[int],
                  places: Mapping[str, Sequence[str | None]]) -> pa.Table:
     """Crawl-table rows (PAGE_SCHEMA) of reused pages: their records from the cache's
@@ -142,7 +161,7 @@ def write_pages(path: Path, pages: pa.Table, page_keys: Sequence[str | None]) ->
 
     keep = pa.array([index for index, key in enumerate(page_keys) if key is not None], pa.int64())
     kept = pages.take(keep)
-    columns = {name: kept.column(name) for name in ("contest_id", *RECORD_COLUMNS)}
+    columns = {name: kept.column(name) for name in _CACHE_SCHEMA.names if name != "page_key"}
     columns["page_key"] = pa.array([key for key in page_keys if key is not None], pa.string())
     table = pa.Table.from_arrays([columns[name] for name in _CACHE_SCHEMA.names],
                                  schema=_CACHE_SCHEMA.with_metadata(
@@ -176,15 +195,19 @@ def read_pages(path: Path, contests: Sequence[str] | None = None) -> PageCache |
         log.warning("page cache %s unreadable, parsing every page: %s", path, exc)
         return None
     keys = table.column("page_key").to_pylist()
-    if contests:
-        # In Python, not Table.filter: that imports pandas (~0.6 s) before the crawl can start.
-        wanted = set(contests)
-        rows = {key: row for row, (contest, key) in enumerate(zip(
-            table.column("contest_id").to_pylist(), keys, strict=True)) if contest in wanted}
-    else:
-        rows = {key: row for row, key in enumerate(keys)}
+    urls = table.column("url").to_pylist()
+    # In Python, not Table.filter: that imports pandas (~0.6 s) before the crawl can start.
+    wanted = set(contests) if contests else None
+    rows, by_url = {}, {}
+    for row, (contest, key, url) in enumerate(zip(table.column("contest_id").to_pylist(), keys,
+                                                  urls, strict=True)):
+        if wanted is None or contest in wanted:
+            rows[key] = row
+            by_url[url] = row
     return PageCache(rows, table, _children_by_row(table.column("children")),
-                     table.column("declared_id").to_pylist())
+                     table.column("declared_id").to_pylist(), by_url,
+                     table.column("sha256").to_pylist(),
+                     table.column("portal_updated_at").to_pylist(), keys)
 
 
 def _children_by_row(column: pa.ChunkedArray) -> dict[int, tuple[LinkValues, ...]]:

@@ -298,3 +298,38 @@ def test_assembly_takes_the_election_page_from_the_detection_or_else_from_the_ar
     with pytest.raises(FileNotFoundError, match="not in the raw archive"):
         cycle.assemble_snapshot(replica.base_url, "jk2021", [batch], detection.checked_at,
                                 archive_root=tmp_path / "empty")
+
+
+def test_a_page_answered_304_is_reused_by_its_digest_without_reading_its_body(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl import crawl
+    from etl.archive import RawArchive
+    from etl.fetch import FetchedPage
+
+    html = (FIXTURES / "spec_example_ru.html").read_bytes()
+    url = "http://portal/ru/results/jk2021/list/7/"
+    archive = RawArchive(tmp_path / "raw")
+    sha256 = archive.store(url, 200, {}, html, "t1")
+    keyed = page_key(url, html)
+    assert keyed is not None
+    cache = read_pages(write_pages(tmp_path / "pages.parquet", crawl_table((), [
+        crawled_row(url, html, sha256)]).pages, [keyed.key]))
+    monkeypatch.setattr(crawl, "_cache", cache)
+    # The same body as a 200: found by its key, as before.
+    by_key = crawl._parse(FetchedPage(url, 200, html, sha256, not_modified=False))
+    assert by_key.reused_row == 0 and by_key.read_as == "reused"
+    # As a 304: found by its URL and digest; the archive's packs are gone, so reading the
+    # body would fail the test.
+    (tmp_path / "raw" / "packs").rename(tmp_path / "packs-away")
+    by_digest = crawl._parse(FetchedPage(url, 200, None, sha256, not_modified=True,
+                                         archive=archive))
+    assert by_digest == by_key._replace(not_modified=True)
+    # A 304 for another body than the cache's (re-stamped since) is read and keyed.
+    (tmp_path / "packs-away").rename(tmp_path / "raw" / "packs")
+    restamped = html.replace(b"2021-11-28T21:05:13+06:00", b"2021-11-29T08:00:00+06:00")
+    other = archive.store(url, 200, {}, restamped, "t2")
+    by_body = crawl._parse(FetchedPage(url, 200, None, other, not_modified=True, archive=archive))
+    new_key = page_key(url, restamped)
+    assert new_key is not None
+    assert (by_body.reused_row, by_body.page_key, by_body.stamp) == (
+        0, keyed.key, new_key.stamp.isoformat())
