@@ -254,12 +254,14 @@ class _Outcome(NamedTuple):
 # and the records of the last completed cycle it may reuse (inherited when it forks).
 _source: PageSource | None = None
 _fetchers: ThreadPoolExecutor | None = None
+_threads = 1
 _cache: PageCache | None = None
 
 
 def _open_source(spec: SourceSpec, threads: int = 1) -> None:
-    global _source, _fetchers  # noqa: PLW0603 - per-process state of a process pool worker
+    global _source, _fetchers, _threads  # noqa: PLW0603 - per-process state of a pool worker
     _source = spec.open()
+    _threads = threads
     if threads > 1:
         _fetchers = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
 
@@ -272,6 +274,10 @@ def _close_source() -> None:
     if _source is not None:
         _source.close()
     _source = None
+
+
+def _fetch_each(paths: Sequence[str]) -> list[FetchedPage | FetchFailure]:
+    return [_fetch(path) for path in paths]
 
 
 def _fetch(path: str) -> FetchedPage | FetchFailure:
@@ -314,10 +320,12 @@ def _visit_batch(paths: Sequence[str]) -> list[_Outcome]:
     GIL for milliseconds each time a response arrives, and the fetches would queue behind it.
     """
     if _fetchers is None or len(paths) <= 1:
-        pages = [_fetch(path) for path in paths]
-    else:
-        pages = list(_fetchers.map(_fetch, paths))
-    return [_parse(page) for page in pages]
+        return [_parse(page) for page in _fetch_each(paths)]
+    # One hand-off to each thread, not one per page (each wakes a thread: ~15 µs a page
+    # of a worker's CPU): thread i fetches pages i, i + n, … of the batch in turn.
+    n = min(_threads, len(paths))
+    fetched = list(_fetchers.map(_fetch_each, [paths[i::n] for i in range(n)]))
+    return [_parse(fetched[i % n][i // n]) for i in range(len(paths))]
 
 
 def _worker_pool(spec: SourceSpec, processes: int, concurrency: int) -> Executor:
