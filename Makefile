@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup run test lint bench bench-freshness replica cluster cluster-stop clean
 
@@ -31,8 +32,14 @@ run: $(STAMP)
 # (README "Running the tests").
 # `make test PYTEST_WORKERS=0` runs it in one process.
 PYTEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print((os.cpu_count() or 1) + 1)')
-test: $(STAMP) lint
+test: $(STAMP) $(CHROMIUM) lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=20
+
+# The report's browser tests drive Debian's chromium through Playwright (which never
+# downloads a browser of its own here): installed on first use, as root or through sudo.
+$(CHROMIUM):
+	$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update
+	DEBIAN_FRONTEND=noninteractive $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y chromium
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check etl dags tests bench deploy
