@@ -39,7 +39,7 @@ test: $(STAMP) $(CHROMIUM) lint
 # downloads a browser of its own here): installed on first use, as root or through sudo.
 $(CHROMIUM):
 	$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update
-	DEBIAN_FRONTEND=noninteractive $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y chromium
+	$$([ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check etl dags tests bench deploy

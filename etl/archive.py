@@ -372,7 +372,7 @@ class RawArchive:
 # whose processes inherit it when they fork: opening an archive reads its checkpoint and
 # remembers every URL's latest response (~0.85 s at 100,000 precincts), which each crawl
 # worker used to pay again before its first fetch.
-_SHARED: dict[Path, tuple[RawArchive, tuple[int, int] | None]] = {}
+_SHARED: dict[Path, tuple[RawArchive, tuple[int, int, bytes] | None]] = {}
 
 
 def shared_archive(root: Path) -> RawArchive:
@@ -398,9 +398,12 @@ def forget_shared_archives() -> None:
     _SHARED.clear()
 
 
-def _index_identity(root: Path) -> tuple[int, int] | None:
+def _index_identity(root: Path) -> tuple[int, int, bytes] | None:
+    # The file and its first line (a URL and a time): a directory wiped and made again can
+    # give the new index the old one's inode number, never its first line as well.
     try:
-        stat = (root / "index.jsonl").stat()
+        with (root / "index.jsonl").open("rb") as index:
+            stat = os.fstat(index.fileno())
+            return stat.st_dev, stat.st_ino, index.readline(4096)
     except FileNotFoundError:
         return None
-    return stat.st_dev, stat.st_ino

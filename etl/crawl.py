@@ -501,7 +501,7 @@ def _deadline_error(
     election_id: str, progress: dict[str, _ContestProgress], admitted: int, budget: float,
     pending_pages: int = 0,
 ) -> DeadlineExceeded:
-    parsed = sum(len(c.orders) for c in progress.values())
+    parsed = sum(c.divisions() for c in progress.values())
     failed = sum(len(c.failures) for c in progress.values())
     return DeadlineExceeded(
         f"crawl of {election_id} hit its deadline of {budget:.0f}s "

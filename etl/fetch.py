@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from functools import cached_property
 from urllib.parse import urljoin, urlsplit
 
 from etl import config
@@ -72,13 +71,18 @@ class FetchedPage:
     encoding: str | None = None
     archive: RawArchive | None = field(default=None, repr=False, compare=False)
 
-    @cached_property
+    @property
     def body(self) -> bytes:
         """The page's bytes (read from the archive the first time, after a 304)."""
         if self.fetched_body is not None:
             return self.fetched_body
-        assert self.archive is not None, "a page with neither a body nor an archive"
-        return self.archive.read(self.sha256)
+        # Kept in the instance's dict (it is frozen); not functools.cached_property, whose
+        # one lock on Python 3.11 would serialise every page's read across threads.
+        body: bytes | None = self.__dict__.get("_archived_body")
+        if body is None:
+            assert self.archive is not None, "a page with neither a body nor an archive"
+            body = self.__dict__["_archived_body"] = self.archive.read(self.sha256)
+        return body
 
 
 def utc_now() -> str:

@@ -191,6 +191,10 @@ def read_pages(path: Path, contests: Sequence[str] | None = None) -> PageCache |
         table = pq.ParquetFile(path).read()
         if not table.schema.equals(_CACHE_SCHEMA):
             raise ValueError(f"columns {table.schema.names}, not those of this version")
+        # Parquet names a list's items `element`, the crawl table `item`: the same type
+        # under one name, so cached rows concatenate with freshly parsed ones.
+        table = table.cast(_CACHE_SCHEMA)
+        children = _children_by_row(table.column("children"))
     except (OSError, ValueError, pa.ArrowException) as exc:
         log.warning("page cache %s unreadable, parsing every page: %s", path, exc)
         return None
@@ -204,8 +208,7 @@ def read_pages(path: Path, contests: Sequence[str] | None = None) -> PageCache |
         if wanted is None or contest in wanted:
             rows[key] = row
             by_url[url] = row
-    return PageCache(rows, table, _children_by_row(table.column("children")),
-                     table.column("declared_id").to_pylist(), by_url,
+    return PageCache(rows, table, children, table.column("declared_id").to_pylist(), by_url,
                      table.column("sha256").to_pylist(),
                      table.column("portal_updated_at").to_pylist(), keys)
 
@@ -215,8 +218,7 @@ def _children_by_row(column: pa.ChunkedArray) -> dict[int, tuple[LinkValues, ...
     children: dict[int, tuple[LinkValues, ...]] = {}
     base = 0
     for chunk in column.chunks:
-        assert isinstance(chunk, pa.ListArray)
-        if chunk.null_count:
+        if not isinstance(chunk, pa.ListArray) or chunk.null_count:
             raise ValueError("a page without a list of child links")
         # Offsets index `values` (not `flatten()`, which drops what a slice leaves out).
         links = list(zip(*(field.to_pylist() for field in chunk.values.flatten()), strict=True))

@@ -296,3 +296,20 @@ def test_the_shared_archive_is_opened_once_and_inherited_by_forked_processes(
     assert reopened is not shared and reopened.latest(url).sha256 == first  # type: ignore[union-attr]
     forget_shared_archives()
     assert shared_archive(root) is not reopened
+
+
+def test_the_crawl_and_its_workers_use_the_shared_archive(tmp_path: Path) -> None:
+    from etl import archive as archive_module
+    from etl.crawl import SourceSpec, _worker_pool
+
+    root = tmp_path / "raw"
+    forget_shared_archives()
+    spec = SourceSpec("http://127.0.0.1:9", root)
+    pool = _worker_pool(spec, processes=2, concurrency=2)  # opens it before forking workers
+    try:
+        assert root.resolve() in archive_module._SHARED
+    finally:
+        pool.shutdown()
+    source = spec.open()
+    assert source.archive is shared_archive(root)  # type: ignore[attr-defined]
+    forget_shared_archives()

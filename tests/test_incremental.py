@@ -142,10 +142,17 @@ def test_a_changed_parser_reuses_nothing(tmp_path: Path) -> None:
     other_contests = read_pages(path, ["okrug-1"])
     assert other_contests is not None and other_contests.rows == {}
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     pq.write_table(table.replace_schema_metadata({b"cec.parser_version": b"older"}), path)
+    assert read_pages(path) is None
+    # The right version and columns, but a page without its list of links: unreadable too.
+    children = table.schema.get_field_index("children")
+    pq.write_table(table.set_column(children, table.schema.field(children),
+                                    pa.nulls(table.num_rows, table.schema.field(children).type)),
+                   path)
     assert read_pages(path) is None
     path.write_bytes(b"not parquet")
     assert read_pages(path) is None  # unreadable: every page is parsed, nothing breaks

@@ -215,7 +215,7 @@ def served(night: Night) -> Iterator[str]:
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
-    assert CHROMIUM.exists(), "Debian's chromium is missing: apt-get install -y chromium (.ci/run does)"
+    assert CHROMIUM.exists(), "Debian's chromium is missing: apt-get install -y chromium (make test does)"
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                               timeout=60_000)

@@ -360,3 +360,31 @@ def test_the_plain_header_reader_builds_the_message_the_email_parser_builds(bloc
     ours, theirs = io.BytesIO(block + b"BODY"), io.BytesIO(block + b"BODY")
     assert described(_parse_headers(ours)) == described(http.client.parse_headers(theirs))
     assert ours.read() == theirs.read()  # both stop at the same byte: the body's first
+
+
+def test_responses_read_their_headers_with_the_plain_reader() -> None:
+    from etl.transport import _DeadlineResponse, _parse_headers
+
+    # The fetches' responses use it (the begin() of http.client with that one name bound).
+    assert _DeadlineResponse.begin.__globals__["parse_headers"] is _parse_headers
+
+
+def test_a_304_leaves_the_archived_body_unread_until_asked(
+        archive: RawArchive, tmp_path: Path) -> None:
+    def etag_then_304(_line: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        if headers.get("if-none-match") == '"v1"':
+            return b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n', False
+        return response(PAGE, 'ETag: "v1"'), False
+
+    with SocketServer(etag_then_304) as server:
+        portal = client(server.base_url, archive)
+        first = portal.fetch("/page")
+        # Packs gone: a 304 that read its body from the archive would fail here.
+        (tmp_path / "raw" / "packs").rename(tmp_path / "packs-away")
+        again = portal.fetch("/page")
+        portal.close()
+    assert again.not_modified and again.sha256 == first.sha256
+    with pytest.raises(FileNotFoundError):
+        _ = again.body
+    (tmp_path / "packs-away").rename(tmp_path / "raw" / "packs")
+    assert again.body == PAGE
