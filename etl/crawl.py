@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -38,6 +39,7 @@ from etl import config
 from etl.archive import RawArchive, shared_archive
 from etl.fastparse import parse_division_page
 from etl.fetch import REFUSED, DeadlineExceeded, FetchedPage, FetchError, PortalClient, absolute_url
+from etl.forked import die_with_parent
 from etl.normalise import CrawlTable, crawl_table
 from etl.pagecache import (
     PLACE_COLUMNS,
@@ -337,9 +339,16 @@ def _worker_pool(spec: SourceSpec, processes: int, concurrency: int) -> Executor
     # Fork, before this process starts any thread: workers start fast and clean, with the
     # raw archive open (they inherit it instead of each reading its checkpoint again).
     shared_archive(spec.archive_root)
-    return ProcessPoolExecutor(max_workers=processes, initializer=_open_source,
-                               initargs=(spec, max(1, concurrency // processes)),
+    return ProcessPoolExecutor(max_workers=processes, initializer=_open_worker,
+                               initargs=(spec, max(1, concurrency // processes), os.getpid()),
                                mp_context=multiprocessing.get_context("fork"))
+
+
+def _open_worker(spec: SourceSpec, threads: int, coordinator: int) -> None:
+    # A worker whose crawl was killed would wait for batches forever (it holds the write
+    # end of its own task queue), an orphan holding the run's files: it dies with it.
+    die_with_parent(coordinator)
+    _open_source(spec, threads)
 
 
 def crawl_contests(

@@ -87,16 +87,20 @@ def _state_path(election_id: str) -> Path:
 def cycle_lock(election_id: str) -> Iterator[Path]:
     """Hold `<data>/state/<election>.lock` for one cycle; `CycleBusyError` if another holds it.
 
-    An exclusive `flock`, released by the kernel when the holder exits, even on SIGKILL,
-    so a killed cycle never leaves a stale lock behind. Never waits: a second cycle of the
-    same election on a busy portal would only repeat the first one's work.
+    An exclusive POSIX record lock (`lockf`), released by the kernel when the holding
+    process exits, even on SIGKILL, so a killed cycle never leaves a stale lock behind.
+    Not `flock`: that lock belongs to the open file, which the cycle's forked children
+    (the crawl and its workers) share, so it outlived a killed cycle until they had all
+    exited. A record lock is the process's own; a process takes it once (a second
+    `cycle_lock` in the same process would not conflict). Never waits: a second cycle of
+    the same election on a busy portal would only repeat the first one's work.
     """
     path = _state_path(election_id).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, as the kernel says
             handle.seek(0)
             holder = handle.read().strip() or "unknown holder"
             raise CycleBusyError(
@@ -110,7 +114,7 @@ def cycle_lock(election_id: str) -> Iterator[Path]:
         try:
             yield path
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def last_completed_fingerprint(election_id: str) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import multiprocessing
+import os
 import pickle
 import signal
 import traceback
@@ -38,7 +39,7 @@ class ForkedTask(Generic[T]):
         self.name = name
         self._receive, send = context.Pipe(duplex=False)
         # Not a daemon: daemonic processes may not start the crawl's worker processes.
-        self._process = context.Process(target=_run, args=(task, send), name=name)
+        self._process = context.Process(target=_run, args=(task, send, os.getpid()), name=name)
         self._process.start()
         send.close()  # the child's end; the pipe reports EOF if the child dies
 
@@ -68,8 +69,8 @@ class ForkedTask(Generic[T]):
         return value
 
 
-def _run(task: Callable[[], object], send: Connection) -> None:
-    _die_with_parent()
+def _run(task: Callable[[], object], send: Connection, parent: int) -> None:
+    die_with_parent(parent)
     try:
         payload = ("ok", task(), "")
     except BaseException as exc:  # every failure goes back to the parent
@@ -83,8 +84,12 @@ def _run(task: Callable[[], object], send: Connection) -> None:
     send.close()
 
 
-def _die_with_parent() -> None:
-    # Linux: if the parent is killed, the child (and the crawl it runs) is told to stop
-    # instead of running on as an orphan.
+def die_with_parent(parent: int) -> None:
+    """Linux: when this process's parent dies (even by SIGKILL), this one gets SIGTERM
+    instead of running on as an orphan. Call it first thing in a forked child (a fork
+    clears the setting) with the pid of the process that forked it: if that one died
+    before the call, the signal will never come, and the child ends here."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -151,6 +152,68 @@ def test_sigkill_in_a_stage_then_the_next_run_completes_it(
     # And the cycle is now complete: the next run has nothing to do.
     again = etl_run(replica.base_url, warehouse, data)
     assert again.returncode == 0 and "unchanged" in again.stdout
+    assert warehouse_state(warehouse) == reference["warehouse"]
+
+
+# A cycle that took the lock and forked a child (as it forks its crawl), then died without
+# unlocking (as on SIGKILL) while the child lives on.
+LOCK_HOLDER = """
+import os, time
+from etl import cycle
+with cycle.cycle_lock("jk2021"):
+    if os.fork() == 0:
+        time.sleep(20)
+        os._exit(0)
+    os._exit(0)
+"""
+
+
+def test_the_cycle_lock_dies_with_its_cycle_not_with_the_cycles_children(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from etl import cycle
+
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-c", LOCK_HOLDER], env=run_env(data), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=DEADLINE)
+    monkeypatch.setenv("CEC_DATA_DIR", str(data))
+    with cycle.cycle_lock("jk2021") as path:  # not CycleBusyError: the holder is gone
+        assert path.read_text().startswith(f"pid {os.getpid()} ")
+
+
+def test_a_cycle_killed_in_its_crawl_leaves_no_process_behind(
+    replica: ReplicaServer, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    import psutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    warehouse = f"duckdb:///{tmp_path}/warehouse.duckdb"
+    args = [*run_args(replica.base_url, warehouse)[:-1], "2"]  # two crawl worker processes
+    with (tmp_path / "run.log").open("w") as log:
+        running = start_etl(*args, env=run_env(data), stdout=log, stderr=subprocess.STDOUT)
+    parent = psutil.Process(running.pid)
+
+    def crawling() -> list[psutil.Process]:
+        # The crawl's child and its two workers, once they have all forked.
+        with contextlib.suppress(psutil.Error):
+            family = parent.children(recursive=True)
+            if len(family) >= 3:
+                return family
+        return []
+
+    deadline = time.monotonic() + DEADLINE
+    while not (family := crawling()):
+        assert running.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the crawl's processes never all started"
+        time.sleep(0.005)
+    running.send_signal(signal.SIGKILL)
+    assert running.wait(timeout=DEADLINE) == -signal.SIGKILL
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, [(p.pid, p.status()) for p in alive]
+    after = etl_run(replica.base_url, warehouse, data)
+    assert after.returncode == 3, after.stdout + after.stderr
     assert warehouse_state(warehouse) == reference["warehouse"]
 
 

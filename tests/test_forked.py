@@ -74,3 +74,14 @@ def test_a_child_past_its_time_is_killed() -> None:
         task.result(timeout=0.5)
     assert time.monotonic() - started < 10
     assert not task._process.is_alive()
+
+
+def test_a_child_whose_parent_died_before_it_asked_to_die_with_it_ends_at_once() -> None:
+    from etl.forked import die_with_parent
+
+    pid = os.fork()
+    if pid == 0:  # the child: pid 1 is not its parent, as if its own had died meanwhile
+        die_with_parent(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
