@@ -320,15 +320,19 @@ class RawArchive:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def catch_up(self) -> bool:
+    def catch_up(self, max_bytes: int | None = None) -> bool:
         """Remember the index lines other processes appended since this instance read it;
-        False if the index is no longer the one it read (replaced or cut short)."""
+        False if the index is no longer the one it read (replaced or cut short), or if more
+        than `max_bytes` of it are new (then the caller had better open it anew)."""
         with self._lock:
             try:
-                if self.index_path.stat().st_size < self._index_offset:
-                    return False
+                size = self.index_path.stat().st_size
             except FileNotFoundError:
                 return self._index_offset == 0
+            if size < self._index_offset:
+                return False
+            if max_bytes is not None and size - self._index_offset > max_bytes:
+                return False
             self._read_index_tail(self._index_offset)
             return True
 
@@ -373,6 +377,8 @@ class RawArchive:
 # remembers every URL's latest response (~0.85 s at 100,000 precincts), which each crawl
 # worker used to pay again before its first fetch.
 _SHARED: dict[Path, tuple[RawArchive, tuple[int, int, bytes] | None]] = {}
+# About CHECKPOINT_EVERY_LINES index lines (~500 bytes each).
+SHARED_CATCH_UP_BYTES = 1_000_000
 
 
 def shared_archive(root: Path) -> RawArchive:
@@ -384,8 +390,12 @@ def shared_archive(root: Path) -> RawArchive:
     identity = _index_identity(key)
     if held is not None:
         archive, known = held
-        # The same index file as when it was opened (or it had none then), not cut short.
-        if known in (None, identity) and archive.catch_up():
+        # The same index file as when it was opened (or it had none then), not cut short,
+        # and not a whole cycle's lines further on: what an instance remembers of lines it
+        # read grows with them (every body's location), an archive opened anew only with
+        # the portal (its checkpoint keeps each URL's latest), e.g. across the DAG runs of
+        # one long-lived process.
+        if known in (None, identity) and archive.catch_up(max_bytes=SHARED_CATCH_UP_BYTES):
             _SHARED[key] = (archive, identity)
             return archive
     archive = RawArchive(key)

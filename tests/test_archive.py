@@ -313,3 +313,21 @@ def test_the_crawl_and_its_workers_use_the_shared_archive(tmp_path: Path) -> Non
     source = spec.open()
     assert source.archive is shared_archive(root)  # type: ignore[attr-defined]
     forget_shared_archives()
+
+
+def test_a_shared_archive_far_behind_the_index_is_opened_anew(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl import archive as archive_module
+
+    root = tmp_path / "raw"
+    url = "http://p/ru/results/jk2021/list/7/"
+    forget_shared_archives()
+    shared = shared_archive(root)
+    shared.store(url, 200, {}, b"first", "t1")
+    RawArchive(root).store(url, 200, {}, b"second", "t2")  # one line: caught up with
+    assert shared_archive(root) is shared
+    monkeypatch.setattr(archive_module, "SHARED_CATCH_UP_BYTES", 10)
+    third = RawArchive(root).store(url, 200, {}, b"third", "t3")  # more than 10 bytes behind
+    reopened = shared_archive(root)
+    assert reopened is not shared and reopened.latest(url).sha256 == third  # type: ignore[union-attr]
+    forget_shared_archives()
