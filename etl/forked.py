@@ -88,7 +88,10 @@ def die_with_parent(parent: int) -> None:
     """Linux: when this process's parent dies (even by SIGKILL), this one gets SIGTERM
     instead of running on as an orphan. Call it first thing in a forked child (a fork
     clears the setting) with the pid of the process that forked it: if that one died
-    before the call, the signal will never come, and the child ends here."""
+    before the call, the signal will never come, and the child ends here. The signal's
+    default action is restored first: a handler inherited from the parent (a scheduler's
+    task runner installs one) is the parent's business, not this child's."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
