@@ -174,7 +174,6 @@ class _ContestProgress:
     chunks: list[pa.Table] = field(default_factory=list)
     pending: list[CrawledDivision] = field(default_factory=list)
     reused_orders: list[tuple[int, ...]] = field(default_factory=list)
-    reused_keys: list[str] = field(default_factory=list)
     reused_rows: list[int] = field(default_factory=list)
     reused_places: dict[str, list[str | None]] = field(
         default_factory=lambda: {name: [] for name in PLACE_COLUMNS})
@@ -192,11 +191,9 @@ class _ContestProgress:
         if len(self.pending) >= _COLUMNS_EVERY:
             self._to_columns()
 
-    def add_reused(self, order: tuple[int, ...], place: tuple[str | None, ...], row: int,
-                   key: str) -> None:
+    def add_reused(self, order: tuple[int, ...], place: tuple[str | None, ...], row: int) -> None:
         """Record a reused division page (its row of the page cache) at its place."""
         self.reused_orders.append(order)
-        self.reused_keys.append(key)
         self.reused_rows.append(row)
         for values, value in zip(self.reused_places.values(), place, strict=True):
             values.append(value)
@@ -213,14 +210,15 @@ class _ContestProgress:
     def pages(self, cache: PageCache | None) -> tuple[pa.Table, list[str | None]]:
         """Every division page recorded, in tree order (`PAGE_SCHEMA` rows), and their keys."""
         self._to_columns()
-        tables = self.chunks or [crawl_table((), ()).pages]
+        tables, keys = list(self.chunks), list(self.keys)
         if self.reused_rows:
             assert cache is not None
-            tables = [*tables, reused_pages(cache, self.reused_rows, self.reused_places)]
+            tables.append(reused_pages(cache, self.reused_rows, self.reused_places))
+            keys.extend(cache.keys[row] for row in self.reused_rows)  # the key it was found by
         orders = self.orders + self.reused_orders
-        keys: list[str | None] = [*self.keys, *self.reused_keys]
         in_tree_order = sorted(range(len(orders)), key=orders.__getitem__)
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        table = (pa.concat_tables(tables) if len(tables) > 1 else
+                 tables[0] if tables else crawl_table((), ()).pages)
         return (table.take(pa.array(in_tree_order, pa.int64())),
                 [keys[index] for index in in_tree_order])
 
@@ -297,8 +295,9 @@ def _parse(page: FetchedPage | FetchFailure) -> _Outcome:
         # A 304: the body the last cycle read here, if the cache has its row (not read again).
         unchanged = reused_unchanged(_cache, page.url, page.sha256)
         if unchanged is not None:
-            return _Outcome(page.url, page.sha256, True, None, None, _REUSED, unchanged[1],
-                            unchanged[0], unchanged[2])
+            cached_row, cached_key, cached_stamp = unchanged
+            return _Outcome(page.url, page.sha256, True, None, None, _REUSED, cached_key,
+                            cached_row, cached_stamp)
     keyed = page_key(page.url, page.body)
     if keyed is not None and _cache is not None:
         row = reused_row(_cache, keyed)
@@ -531,15 +530,16 @@ def _record(contest: _ContestProgress, visit: _Visit, outcome: _Outcome,
     if outcome.read_as is not None:
         contest.read_as[outcome.read_as] += 1
     # A contest's root declares its own id; every other division is its URL segment.
-    row, key = outcome.reused_row, outcome.page_key
-    if row is not None and key is not None and cache is not None:
+    row = outcome.reused_row
+    if row is not None and cache is not None:
         division_id = visit.division_id or cache.declared_ids[row] or visit.contest_id
         contest.add_reused(visit.order, (visit.contest_id, division_id, visit.parent_id,
-                                         outcome.url, outcome.sha256, outcome.stamp), row, key)
+                                         outcome.url, outcome.sha256, outcome.stamp), row)
         return division_id, cache.children.get(row, ())
     record = outcome.record
     assert record is not None, "an outcome without records, failure or cached row"
     division_id = visit.division_id or record.declared_id or visit.contest_id
     contest.add(visit.order, CrawledDivision(visit.contest_id, division_id, visit.parent_id,
-                                             outcome.url, outcome.sha256, record), key)
+                                             outcome.url, outcome.sha256, record),
+                outcome.page_key)
     return division_id, record.children
