@@ -320,13 +320,21 @@ def _visit_batch(paths: Sequence[str]) -> list[_Outcome]:
     Fetch first, parse after: a thread parsing while others wait on sockets would hold the
     GIL for milliseconds each time a response arrives, and the fetches would queue behind it.
     """
-    if _fetchers is None or len(paths) <= 1:
-        return [_parse(page) for page in _fetch_each(paths)]
-    # One hand-off to each thread, not one per page (each wakes a thread: ~15 µs a page
-    # of a worker's CPU): thread i fetches pages i, i + n, … of the batch in turn.
-    n = min(_threads, len(paths))
-    fetched = list(_fetchers.map(_fetch_each, [paths[i::n] for i in range(n)]))
-    return [_parse(fetched[i % n][i // n]) for i in range(len(paths))]
+    # Pages fetched before: asked again all at once on one connection (`revalidate`); the
+    # others, and any it did not settle, one request each.
+    revalidate = getattr(_source, "revalidate", None)
+    settled: list[FetchedPage | FetchFailure | None] = (
+        list(revalidate(paths)) if revalidate is not None else [None] * len(paths))
+    rest = [path for path, page in zip(paths, settled, strict=True) if page is None]
+    if _fetchers is None or len(rest) <= 1:
+        fetched = iter(_fetch_each(rest))
+    else:
+        # One hand-off to each thread, not one per page (each wakes a thread: ~15 µs a page
+        # of a worker's CPU): thread i fetches pages i, i + n, … of the batch in turn.
+        n = min(_threads, len(rest))
+        shares = list(_fetchers.map(_fetch_each, [rest[i::n] for i in range(n)]))
+        fetched = iter([shares[i % n][i // n] for i in range(len(rest))])
+    return [_parse(page if page is not None else next(fetched)) for page in settled]
 
 
 def _worker_pool(spec: SourceSpec, processes: int, concurrency: int) -> Executor:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -388,3 +389,139 @@ def test_a_304_leaves_the_archived_body_unread_until_asked(
         _ = again.body
     (tmp_path / "packs-away").rename(tmp_path / "raw" / "packs")
     assert again.body == PAGE
+
+
+def _versioned(changed: set[str]) -> Handler:
+    """ETag "v1" for every page; a page in `changed` is "v2" (a new body) when asked again."""
+    def answer(line: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        path = line.split()[1]
+        tag = '"v2"' if path in changed and headers.get("if-none-match") else '"v1"'
+        if headers.get("if-none-match") == tag:
+            return f"HTTP/1.1 304 Not Modified\r\nETag: {tag}\r\n\r\n".encode(), False
+        return response(f"{path} {tag}".encode(), f"ETag: {tag}"), False
+    return answer
+
+
+def test_pages_fetched_before_are_asked_again_at_once_on_one_connection(
+        archive: RawArchive) -> None:
+    paths = [f"/p/{n}" for n in range(6)]
+    with SocketServer(_versioned({"/p/2"})) as server:
+        portal = client(server.base_url, archive)
+        first = [portal.fetch(path) for path in paths]
+        again = portal.revalidate([*paths, "/never-fetched"])
+        portal.close()
+    assert again[-1] is None  # nothing archived to ask about: `fetch` will get it
+    settled = again[:-1]
+    assert all(page is not None for page in settled)
+    assert [page.not_modified for page in settled if page] == [True, True, False, True, True, True]
+    changed = settled[2]
+    assert changed is not None and changed.body == b'/p/2 "v2"'
+    assert archive.latest(changed.url).sha256 == changed.sha256  # archived like a fetch
+    for before, now in zip(first, settled, strict=True):
+        if now is not None and now.not_modified:
+            assert (now.url, now.sha256, now.body) == (before.url, before.sha256, before.body)
+    assert server.connections == 1  # the pipeline took the pooled connection and gave it back
+    assert [line.split()[1] for line, _ in server.requests[6:]] == paths
+
+
+class OneAnswerPerRead:
+    """A server that answers only the first request of whatever one read brings, as a
+    server without pipelining may: requests sent together wait for ever."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.answered: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._listener.accept()
+                threading.Thread(target=self._talk, args=(connection,), daemon=True).start()
+
+    def _talk(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError), connection:
+            while (data := connection.recv(65_536)):
+                path = data.split(b" ", 2)[1].decode()
+                self.answered.append(path)
+                tagged = b"If-None-Match" in data
+                connection.sendall(b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n' if tagged
+                                   else response(path.encode(), 'ETag: "v1"'))
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_server_that_leaves_pipelined_requests_unanswered_gets_them_one_by_one(
+        archive: RawArchive, caplog: pytest.LogCaptureFixture) -> None:
+    server = OneAnswerPerRead()
+    portal = PortalClient(server.base_url, archive, retries=0, timeout=0.5)
+    paths = ["/a", "/b", "/c"]
+    for path in paths:
+        portal.fetch(path)
+    caplog.set_level(logging.INFO, logger="etl.fetch")
+    again = portal.revalidate(paths)
+    # /a was answered; /b and /c, sent with it, never were: left to `fetch`, and this
+    # client pipelines no more.
+    assert again[0] is not None and again[0].not_modified
+    assert again[1:] == [None, None]
+    assert any("fetching one by one" in r.getMessage() for r in caplog.records)
+    assert portal.revalidate(paths) == [None, None, None]
+    assert all(portal.fetch(path).not_modified for path in paths[1:])
+    portal.close()
+    server.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 301 Moved Permanently\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
+    b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nConnection: close\r\n\r\n',
+])
+def test_a_pipeline_stops_at_an_answer_it_cannot_settle_and_fetch_gets_the_rest(
+        archive: RawArchive, answer: bytes) -> None:
+    asked: dict[str, int] = {}
+
+    def odd_second_time(line: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        path = line.split()[1]
+        asked[path] = asked.get(path, 0) + 1
+        if path == "/b" and asked[path] == 2:
+            return answer, b"Connection: close" in answer
+        if headers.get("if-none-match") == '"v1"':
+            return b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n', False
+        return response(path.encode(), 'ETag: "v1"'), False
+
+    with SocketServer(odd_second_time) as server:
+        portal = client(server.base_url, archive)
+        for path in ("/a", "/b", "/c"):
+            portal.fetch(path)
+        again = portal.revalidate(["/a", "/b", "/c"])
+        assert again[0] is not None and again[0].not_modified
+        if b"304" in answer:  # settled, but the server closed the connection after it
+            assert again[1] is not None and again[1].not_modified and again[2] is None
+        else:
+            assert again[1:] == [None, None]
+        assert portal.fetch("/c").not_modified  # on a new connection
+        portal.close()
+
+
+def test_a_crawl_worker_keeps_its_batch_in_order_when_some_pages_were_fetched_before(
+        archive: RawArchive) -> None:
+    # Pages 1, 3 and 4 are asked again together (304s), the others one by one (200s, not
+    # division pages: failures, each under its own URL).
+    from etl import crawl
+
+    with SocketServer(_versioned(set())) as server:
+        portal = client(server.base_url, archive)
+        for path in ("/p/1", "/p/3", "/p/4"):
+            portal.fetch(path)
+        portal.close()
+        crawl._source = client(server.base_url, archive)
+        try:
+            outcomes = crawl._visit_batch([f"/p/{n}" for n in range(6)])
+        finally:
+            crawl._close_source()
+        seen = len(server.requests)
+    assert [urlsplit(o.url).path for o in outcomes] == [f"/p/{n}" for n in range(6)]
+    assert [o.not_modified for o in outcomes] == [False, True, False, True, True, False]
+    assert seen == 3 + 6
