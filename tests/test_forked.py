@@ -85,3 +85,29 @@ def test_a_child_whose_parent_died_before_it_asked_to_die_with_it_ends_at_once()
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+def test_a_crawl_worker_killed_mid_crawl_is_an_error_not_a_hang(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from etl import crawl
+
+    # Pages served from an (empty) archive: each batch comes back at once, as failures.
+    spec = crawl.SourceSpec("http://127.0.0.1:9", tmp_path / "raw", archived_pages=())
+    pool = crawl._ForkedPool(spec, processes=2, threads=1)
+    try:
+        killed = pool._processes[0]
+        assert killed.pid is not None
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.join(timeout=10)
+        done = []
+        # Found out when a batch is written to its pipe, or when its answer is awaited.
+        with pytest.raises(crawl.CrawlWorkerDied, match=f"{killed.pid}.*exit code -9"):
+            for n in range(4):  # two batches a worker
+                pool.submit(n, [f"/p/{n}"])
+            for _ in range(4):
+                done.append(pool.next_done(timeout=30))
+        assert all(outcomes[0].failure is not None for _, outcomes in done)  # the live one's
+    finally:
+        pool.shutdown(wait=False)
+    for process in pool._processes:
+        process.join(timeout=10)
+        assert not process.is_alive()  # the live one saw its pipe close and ended
