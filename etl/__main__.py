@@ -164,9 +164,6 @@ def _run_cycle(args: argparse.Namespace) -> int:
         _print_alerts(cycle.alert_stage(detection.to_dict(), None))
         return EXIT_ERROR
     sent = cycle.alert_stage(detection.to_dict(), published)
-    # This cycle's archive lines folded into the checkpoint now, not by the next cycle's
-    # change detection (after a cold cycle at 100,000 precincts: 1.8 s before its first request).
-    cycle.fold_archive_index(args.raw_dir)
     statuses = {c: s["status"] for c, s in published["statuses"].items()}
     print(f"snapshot {published['snapshot_id']} (portal updated {published['portal_updated_at']})"
           f" -> {warehouse}" + ("" if published["is_new"] else " (already loaded)"))

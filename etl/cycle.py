@@ -423,13 +423,6 @@ def warm_imports() -> None:
     import etl.warehouse.load  # noqa: F401
 
 
-def fold_archive_index(archive_root: Path | None = None) -> None:
-    """Read the raw archive's index lines that its checkpoint does not cover yet and, if
-    there are many (a cycle's worth), rewrite the checkpoint (`RawArchive`). Done at the
-    end of a cycle, so that the next one's change detection opens the archive quickly."""
-    RawArchive(archive_root or config.raw_dir()).close()
-
-
 def warm_quality_gate() -> None:
     """Import Great Expectations and build its context now (once per process), e.g. while
     the crawl runs in another process; `validate_stage` then reuses it."""

@@ -159,8 +159,9 @@ def write_pages(path: Path, pages: pa.Table, page_keys: Sequence[str | None]) ->
     """
     import pyarrow.parquet as pq
 
-    keep = pa.array([index for index, key in enumerate(page_keys) if key is not None], pa.int64())
-    kept = pages.take(keep)
+    keep = [index for index, key in enumerate(page_keys) if key is not None]
+    # Every page keyed (the common case): no copy of the table.
+    kept = pages if len(keep) == pages.num_rows else pages.take(pa.array(keep, pa.int64()))
     columns = {name: kept.column(name) for name in _CACHE_SCHEMA.names if name != "page_key"}
     columns["page_key"] = pa.array([key for key in page_keys if key is not None], pa.string())
     table = pa.Table.from_arrays([columns[name] for name in _CACHE_SCHEMA.names],
