@@ -392,6 +392,7 @@ class _ForkedPool:
         self._processes: list[multiprocessing.process.BaseProcess] = []
         self._load: list[int] = []
         self._waiting: collections.deque[bytes] = collections.deque()
+        self._dead: set[int] = set()
         coordinator = os.getpid()
         for _ in range(processes):
             here, there = context.Pipe(duplex=True)
@@ -413,8 +414,9 @@ class _ForkedPool:
 
     def _dispatch(self) -> None:
         while self._waiting:
-            worker = min(range(len(self._load)), key=self._load.__getitem__)
-            if self._load[worker] >= _WORKER_DEPTH:
+            live = [worker for worker in range(len(self._load)) if worker not in self._dead]
+            worker = min(live, key=self._load.__getitem__, default=None)
+            if worker is None or self._load[worker] >= _WORKER_DEPTH:
                 return
             self._send(worker, self._waiting.popleft())
 
@@ -426,7 +428,8 @@ class _ForkedPool:
         self._load[worker] += 1
 
     def next_done(self, timeout: float) -> tuple[int, list[_Outcome]]:
-        busy = [pipe for pipe, load in zip(self._pipes, self._load, strict=True) if load]
+        busy = [pipe for worker, (pipe, load) in enumerate(zip(self._pipes, self._load, strict=True))
+                if load and worker not in self._dead]
         ready = multiprocessing.connection.wait(busy, timeout)
         if not ready:
             raise queue.Empty
@@ -442,6 +445,7 @@ class _ForkedPool:
         return batch, outcomes
 
     def _died(self, worker: int) -> CrawlWorkerDied:
+        self._dead.add(worker)  # its batches are lost: the crawl cannot be complete
         process = self._processes[worker]
         process.join(timeout=1.0)
         return CrawlWorkerDied(f"crawl worker {process.pid} ended in the middle of the crawl "
@@ -478,14 +482,18 @@ def _worker_main(pipe: multiprocessing.connection.Connection,
                 answer = (batch, _visit_batch(paths), None)
             except Exception as exc:  # the coordinator raises it, as a future's result would
                 answer = (batch, None, _picklable(exc))
-            pipe.send_bytes(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
+            try:
+                pipe.send_bytes(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                return  # the coordinator is gone or gave up (a deadline, a failure)
     finally:
         _close_source()
 
 
 def _picklable(exc: Exception) -> Exception:
+    """`exc`, or what it says, if it would not come back whole from the pipe."""
     try:
-        pickle.dumps(exc)
+        pickle.loads(pickle.dumps(exc))
     except Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
     return exc
@@ -614,9 +622,9 @@ def crawl_contests(
                         for position, (segment, _, href) in enumerate(children)])
         finished = True
     finally:
-        # After a deadline or a failure, do not wait for a stuck worker: its fetch ends on
-        # its own, and it dies with this process.
-        pool.shutdown(wait=finished)
+        # After a deadline, do not wait for a stuck worker: its fetch ends on its own, and
+        # it dies with this process.
+        pool.shutdown(wait=finished or time.time() < ends_at + DEADLINE_GRACE_S)
         _cache = None
         if processes <= 1:
             _close_source()

@@ -265,8 +265,9 @@ class PortalClient:
         `fetch` does). None for every other page: not archived, any other answer (a
         redirect, an error, a 5xx), a transport failure, and every page after those on the
         connection; `fetch` then asks for it again with its retries, redirects and reasons.
-        After a wait that timed out, this client pipelines no more (a server may leave
-        pipelined requests unanswered).
+        When a response after the first did not come within the read timeout (not the
+        deadline), this client pipelines no more: a server may leave pipelined requests
+        unanswered.
         """
         results: list[FetchedPage | None] = [None] * len(paths)
         if not (self.conditional and self._pipelining and self.pool.can_pipeline):
@@ -278,30 +279,34 @@ class PortalClient:
             except FetchError:
                 continue
             conditional = self._conditional_headers(url)
-            if conditional:
-                wanted.append((index, url, self.headers | conditional))
-        if len(wanted) < 2:
-            return results  # nothing to gain over `fetch`
+            headers = self.headers | conditional
+            if conditional and self.pool.pipelinable(_target(url), headers):
+                wanted.append((index, url, headers))
         ends_at = time.time() + self.request_deadline
         if self.deadline is not None:
             ends_at = min(ends_at, self.deadline)
+        if len(wanted) < 2 or ends_at <= time.time():
+            return results  # nothing to gain over `fetch`, or no time to ask (`fetch` says so)
         requests = [(_target(url), headers) for _, url, headers in wanted]
-        timeout = min(self.timeout, max(0.0, ends_at - time.time()))
+        timeout = min(self.timeout, ends_at - time.time())
+        answered = 0
         try:
             # Closed when left early: the connection, with answers still unread, is dropped.
             with contextlib.closing(self.pool.pipeline(requests, timeout, ends_at)) as responses:
                 # Not zip(): the pipeline's generator must run past its last answer, where
                 # it puts the connection back into the pool.
-                for answered, response in enumerate(responses):
+                for response in responses:
                     index, url, _ = wanted[answered]
                     page = self._settled(url, response, ends_at)
                     if page is None:
                         break
                     results[index] = page
-        except TransportTimeout:
-            self._pipelining = False
-            log.info("pipelined requests timed out on %s: fetching one by one from now on",
-                     self.base_url)
+                    answered += 1
+        except TransportTimeout as exc:
+            if answered and not exc.deadline:
+                self._pipelining = False
+                log.info("pipelined requests went unanswered on %s: fetching one by one "
+                         "from now on", self.base_url)
         except (TransportError, _BodyTooLarge, _DeadlineHit, _RequestFailed):
             pass  # the pages not settled are fetched one by one
         return results

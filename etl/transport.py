@@ -253,6 +253,7 @@ class Response:
         # RFC 9112 §6.3: no body after a 204 or a 304, whatever Transfer-Encoding says
         # (http.client would wait for a chunk that never comes).
         self._bodiless = raw.status in (204, 304)
+        self._ended = self._bodiless  # the body was read to its end
         encoding = (raw.headers.get("Content-Encoding") or "").strip().lower()
         encoding = "gzip" if encoding == "x-gzip" else encoding
         # Anything else (identity, none, or a coding we did not ask for) is passed as is.
@@ -262,7 +263,7 @@ class Response:
         """What of the body has arrived (up to `amount` bytes read, `limit` decoded), or
         None at its end. May return b"" (compressed bytes that decode to nothing yet), so a
         caller checking a deadline between calls sees a trickle as it arrives."""
-        if self._bodiless:
+        if self._ended:
             return None
         decoder = self._decoder
         if decoder is not None and decoder.pending:
@@ -280,8 +281,14 @@ class Response:
                 raise TransportError(f"the body ended {left} bytes short of its Content-Length")
             if decoder is not None:
                 decoder.finish()
+            self._ended = True
             return None
         return data if decoder is None else decoder.feed(data, limit)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the body was read to its end (`read_some` gave None; none after a 204 or 304)."""
+        return self._ended
 
     def release(self) -> None:
         """The body was read to its end: the connection goes back to the pool (a response
@@ -399,64 +406,90 @@ class ConnectionPool:
         """GETs for every (target, headers) sent at once on one connection (HTTP/1.1
         pipelining); their responses yielded in order, each once its headers have arrived.
 
-        Read each response's body to its end (or `release` a bodiless one) before asking
-        for the next. Every read waits at most `timeout` and never past `deadline`. The
-        pipeline ends early, without an error, after a response that closes the
-        connection, or when a body was not read to its end; a failure raises
-        `TransportError` (`TransportTimeout` for a wait). Either way the requests not
-        answered may not have been served: send them again the usual way. A request that
-        cannot be written as is (a target or header value outside printable ASCII) raises
-        `TransportError` before anything is sent.
+        Read each response's body to its end (`read_some` until None; a 204 or 304 has
+        none) before asking for the next. Every read waits at most `timeout` and never past
+        `deadline`. The pipeline ends early, without an error, after a response that closes
+        the connection or one whose body was not read to its end (the connection is then
+        closed, never pooled with bytes unread); a failure raises `TransportError`
+        (`TransportTimeout` for a wait). Either way the requests not answered may not have
+        been served: send them again the usual way. A pooled connection that the server
+        closed while it was idle is replaced once, as in `get`. Every request must be
+        `pipelinable`.
         """
         if not self.can_pipeline:
             raise TransportError("requests through a proxy are not pipelined")
         data = b"".join(self._request_bytes(target, headers) for target, headers in requests)
-        connection, _ = self._take(timeout)
-        finished = False
-        try:
+        for attempt in range(2):
+            connection, reused = (self._take(timeout) if attempt == 0
+                                  else (self._new(timeout), False))
+            answered = 0
+            finished = False
             try:
-                if connection.sock is None:
-                    connection.connect()
-                sock = connection.sock
-                sock.sendall(data)
-                stream = io.BufferedReader(_DeadlineReader(
-                    sock.makefile("rb", buffering=0), sock, timeout, deadline))
-            except TimeoutError as exc:
-                raise TransportTimeout(f"sending: {exc or 'timed out'}") from None
-            except OSError as exc:
-                raise TransportError(f"sending: {exc.__class__.__name__}: {exc}") from None
-            shared = _SharedStream(stream)
-            for _ in requests:
-                raw = _PipelinedResponse(shared, method="GET")  # type: ignore[arg-type]
-                try:
-                    raw.begin()
-                except TimeoutError as exc:
-                    raise TransportTimeout(str(exc) or "timed out",
-                                           deadline=isinstance(exc, _DeadlinePassed)) from None
-                except (OSError, http.client.HTTPException) as exc:
-                    raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
-                if raw.status < 200:
-                    raise TransportError(f"an interim response ({raw.status}) where a final "
-                                         "one was expected")
-                yield Response(raw, connection, self, pipelined=True)
-                if not raw.isclosed() or raw.will_close:
-                    return  # a body not read to its end, or the server closes the connection
-            finished = True
-        finally:
-            if finished:
-                self.put(connection)
-            else:
-                connection.close()
+                stream = self._send_all(connection, data, timeout, deadline)
+                for _ in requests:
+                    raw = _PipelinedResponse(stream, method="GET")  # type: ignore[arg-type]
+                    try:
+                        raw.begin()
+                    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+                            http.client.RemoteDisconnected) as exc:
+                        if reused and not answered:
+                            break  # closed while idle: once more on a new connection
+                        raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
+                    except TimeoutError as exc:
+                        raise TransportTimeout(str(exc) or "timed out",
+                                               deadline=isinstance(exc, _DeadlinePassed)) from None
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
+                    if raw.status < 200:
+                        raise TransportError(f"an interim response ({raw.status}) where a "
+                                             "final one was expected")
+                    response = Response(raw, connection, self, pipelined=True)
+                    yield response
+                    answered += 1
+                    if not response.ended or raw.will_close:
+                        return  # a body not read to its end, or the server closes the connection
+                else:
+                    finished = True
+                    return
+            finally:
+                if finished:
+                    self.put(connection)
+                else:
+                    connection.close()
+        raise TransportError("the server closed a new connection as well")
 
-    def _request_bytes(self, target: str, headers: dict[str, str]) -> bytes:
+    @staticmethod
+    def _send_all(connection: http.client.HTTPConnection, data: bytes, timeout: float,
+                  deadline: float) -> _SharedStream:
+        """Write the requests on the connection; the stream its responses are read from."""
+        try:
+            if connection.sock is None:
+                connection.connect()
+            sock = connection.sock
+            sock.sendall(data)
+        except TimeoutError as exc:
+            raise TransportTimeout(f"sending: {exc or 'timed out'}") from None
+        except OSError as exc:
+            raise TransportError(f"sending: {exc.__class__.__name__}: {exc}") from None
+        return _SharedStream(io.BufferedReader(_DeadlineReader(
+            sock.makefile("rb", buffering=0), sock, timeout, deadline)))
+
+    def pipelinable(self, target: str, headers: dict[str, str]) -> bool:
+        """Whether `pipeline` can write this request as is (printable ASCII throughout)."""
+        return _PRINTABLE_HEAD.fullmatch(self._request_head(target, headers)) is not None
+
+    def _request_head(self, target: str, headers: dict[str, str]) -> str:
         """A GET as `http.client` writes it (its Host header, then `headers`)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         if self.port != (443 if self.scheme == "https" else 80):
             host = f"{host}:{self.port}"
-        head = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
+        return f"GET {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+
+    def _request_bytes(self, target: str, headers: dict[str, str]) -> bytes:
+        head = self._request_head(target, headers)
         if not _PRINTABLE_HEAD.fullmatch(head):
-            raise TransportError(f"a request for {target!r} is not pipelined: it has "
+            raise TransportError(f"a request for {target!r} cannot be pipelined: it has "
                                  "characters outside printable ASCII")
         return head.encode("ascii")
 

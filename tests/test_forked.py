@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,27 +89,38 @@ def test_a_child_whose_parent_died_before_it_asked_to_die_with_it_ends_at_once()
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
 
 
-def test_a_crawl_worker_killed_mid_crawl_is_an_error_not_a_hang(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_crawl_worker_killed_mid_crawl_is_an_error_not_a_hang(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from etl import crawl
 
-    # Pages served from an (empty) archive: each batch comes back at once, as failures.
-    spec = crawl.SourceSpec("http://127.0.0.1:9", tmp_path / "raw", archived_pages=())
+    # A portal that accepts connections and never answers: each worker is in the middle
+    # of its batch's fetch when one of them is killed.
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: [accepted.append(silent.accept()[0]) for _ in range(2)],
+                     daemon=True).start()
+    monkeypatch.setenv("CEC_TIMEOUT", "2")
+    monkeypatch.setenv("CEC_RETRIES", "0")
+    spec = crawl.SourceSpec(f"http://127.0.0.1:{silent.getsockname()[1]}", tmp_path / "raw")
     pool = crawl._ForkedPool(spec, processes=2, threads=1)
     try:
+        pool.submit(0, ["/a"])  # to the first worker
+        pool.submit(1, ["/b"])  # to the second
+        deadline = time.time() + 30
+        while len(accepted) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(accepted) == 2
         killed = pool._processes[0]
         assert killed.pid is not None
         os.kill(killed.pid, signal.SIGKILL)
-        killed.join(timeout=10)
-        done = []
-        # Found out when a batch is written to its pipe, or when its answer is awaited.
         with pytest.raises(crawl.CrawlWorkerDied, match=f"{killed.pid}.*exit code -9"):
-            for n in range(4):  # two batches a worker
-                pool.submit(n, [f"/p/{n}"])
-            for _ in range(4):
-                done.append(pool.next_done(timeout=30))
-        assert all(outcomes[0].failure is not None for _, outcomes in done)  # the live one's
+            pool.next_done(timeout=30)
+        # The other worker's batch still comes back: a failure (no answer in time).
+        batch, outcomes = pool.next_done(timeout=30)
+        assert batch == 1 and outcomes[0].failure is not None
     finally:
         pool.shutdown(wait=False)
+        silent.close()
     for process in pool._processes:
         process.join(timeout=10)
         assert not process.is_alive()  # the live one saw its pipe close and ended

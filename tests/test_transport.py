@@ -409,6 +409,7 @@ def test_pages_fetched_before_are_asked_again_at_once_on_one_connection(
         portal = client(server.base_url, archive)
         first = [portal.fetch(path) for path in paths]
         again = portal.revalidate([*paths, "/never-fetched"])
+        portal.fetch(paths[0])  # on the connection the pipeline gave back to the pool
         portal.close()
     assert again[-1] is None  # nothing archived to ask about: `fetch` will get it
     settled = again[:-1]
@@ -421,7 +422,46 @@ def test_pages_fetched_before_are_asked_again_at_once_on_one_connection(
         if now is not None and now.not_modified:
             assert (now.url, now.sha256, now.body) == (before.url, before.sha256, before.body)
     assert server.connections == 1  # the pipeline took the pooled connection and gave it back
-    assert [line.split()[1] for line, _ in server.requests[6:]] == paths
+    assert [line.split()[1] for line, _ in server.requests[6:12]] == paths
+
+
+def test_a_pipeline_on_a_connection_closed_while_idle_goes_again_on_a_new_one(
+        archive: RawArchive) -> None:
+    # Keep-alive promised, every connection closed after one response: the pipeline's
+    # pooled connection is dead; sent again on a new one, its first answer arrives.
+    def close_after_one(line: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        if headers.get("if-none-match") == '"v1"':
+            return b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n', True
+        return response(line.split()[1].encode(), 'ETag: "v1"'), True
+
+    with SocketServer(close_after_one) as server:
+        portal = client(server.base_url, archive)
+        portal.fetch("/a")
+        portal.fetch("/b")
+        again = portal.revalidate(["/a", "/b"])
+        portal.close()
+    assert again[0] is not None and again[0].not_modified
+    assert again[1] is None  # the server closed the connection after /a's answer
+    assert server.connections == 3
+
+
+def test_a_pipeline_that_runs_out_of_time_keeps_pipelining_on(archive: RawArchive) -> None:
+    def slow_second(line: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        if headers.get("if-none-match") == '"v1"':
+            if line.split()[1] == "/b":
+                time.sleep(1.0)
+            return b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n', False
+        return response(line.split()[1].encode(), 'ETag: "v1"'), False
+
+    with SocketServer(slow_second) as server:
+        portal = PortalClient(server.base_url, archive, retries=0, timeout=5.0,
+                              request_deadline=0.5)
+        portal.fetch("/a")
+        portal.fetch("/b")
+        again = portal.revalidate(["/a", "/b"])
+        assert again[0] is not None and again[1] is None  # /b's answer came after the deadline
+        assert portal._pipelining  # the deadline, not a server leaving requests unanswered
+        portal.close()
 
 
 class OneAnswerPerRead:
