@@ -46,9 +46,9 @@ from etl.pagecache import (
     PageCache,
     cacheable,
     page_key,
-    reused_pages,
     reused_row,
     reused_unchanged,
+    with_reused,
 )
 from etl.parse import PageParseError, parse_election
 from etl.records import CrawledDivision, ElectionPage, FetchFailure, PageRecord, page_record
@@ -210,17 +210,18 @@ class _ContestProgress:
     def pages(self, cache: PageCache | None) -> tuple[pa.Table, list[str | None]]:
         """Every division page recorded, in tree order (`PAGE_SCHEMA` rows), and their keys."""
         self._to_columns()
-        tables, keys = list(self.chunks), list(self.keys)
-        if self.reused_rows:
-            assert cache is not None
-            tables.append(reused_pages(cache, self.reused_rows, self.reused_places))
-            keys.extend(cache.keys[row] for row in self.reused_rows)  # the key it was found by
+        parsed = (pa.concat_tables(self.chunks) if len(self.chunks) > 1 else
+                  self.chunks[0] if self.chunks else crawl_table((), ()).pages)
         orders = self.orders + self.reused_orders
         in_tree_order = sorted(range(len(orders)), key=orders.__getitem__)
-        table = (pa.concat_tables(tables) if len(tables) > 1 else
-                 tables[0] if tables else crawl_table((), ()).pages)
-        return (table.take(pa.array(in_tree_order, pa.int64())),
-                [keys[index] for index in in_tree_order])
+        keys = list(self.keys)
+        if not self.reused_rows:
+            return (parsed.take(pa.array(in_tree_order, pa.int64())),
+                    [keys[index] for index in in_tree_order])
+        assert cache is not None
+        keys.extend(cache.keys[row] for row in self.reused_rows)  # the key it was found by
+        table = with_reused(parsed, cache, self.reused_rows, self.reused_places, in_tree_order)
+        return table, [keys[index] for index in in_tree_order]
 
 
 @dataclass(frozen=True)

@@ -438,19 +438,47 @@ def gate_memo_path(election_id: str) -> Path:
     return _state_dir() / f"{checked_id(election_id, 'election id')}.gate-memo.json"
 
 
-def validate_stage(snapshot_dir: Path, warehouse_url: str) -> Path:
-    """Run the quality gate against the previous published snapshot in the warehouse.
+@dataclass(frozen=True)
+class PreviousPublished:
+    """The previous published snapshot's (turnout, results) of these contests, read from
+    the warehouse ahead of the gate (`etl run` reads it while its crawl runs)."""
+
+    warehouse_url: str
+    election_id: str
+    contests: tuple[str, ...]
+    frames: tuple[Any, Any]
+
+
+def read_previous_published(warehouse_url: str, election_id: str,
+                            contests: Sequence[str]) -> PreviousPublished:
+    """What `validate_stage` compares a snapshot of these contests with."""
+    from etl.warehouse import previous_published
+
+    return PreviousPublished(warehouse_url, election_id, tuple(contests),
+                             previous_published(warehouse_url, election_id, list(contests)))
+
+
+def validate_stage(snapshot_dir: Path, warehouse_url: str,
+                   previous: PreviousPublished | None = None) -> Path:
+    """Run the quality gate against the previous published snapshot in the warehouse
+    (`previous`, if it was read for this warehouse, election and contests, else read now).
 
     Writes `dq_results.parquet` into the snapshot directory and the HTML report.
     """
     from etl.memory import bound_heap_retention
     from etl.quality import validate_snapshot
-    from etl.warehouse import previous_published
 
     bound_heap_retention()  # the gate's frames are where a cycle's memory peaks
     meta = read_snapshot_meta(snapshot_dir)
-    previous = previous_published(warehouse_url, meta["election_id"], meta["contests"])
-    outcome = validate_snapshot(snapshot_dir, previous=previous if len(previous[0]) else None,
+    wanted = (warehouse_url, meta["election_id"], tuple(meta["contests"]))
+    if previous is None or (previous.warehouse_url, previous.election_id,
+                            previous.contests) != wanted:
+        previous = read_previous_published(*wanted)
+    frames = previous.frames
+    del previous  # the frames only: the gate's peak holds no second reference
+    previous_frames = frames if len(frames[0]) else None
+    del frames
+    outcome = validate_snapshot(snapshot_dir, previous=previous_frames,
                                 memo_path=gate_memo_path(meta["election_id"]))
     log.info("snapshot %s validated: %d critical contests %s, report %s", meta["snapshot_id"],
              len(outcome.critical_contests), sorted(outcome.critical_contests),

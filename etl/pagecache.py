@@ -141,9 +141,30 @@ def reused_pages(page_cache: PageCache, rows: Sequence[int],
     """Crawl-table rows (PAGE_SCHEMA) of reused pages: their records from the cache's
     `rows`, their place in this crawl (PLACE_COLUMNS: contest, ids, URL, digest and the
     stamp as ISO 8601 text) from `places`."""
-    records = page_cache.records.take(pa.array(rows, pa.int64()))
+    return with_reused(PAGE_SCHEMA.empty_table(), page_cache, rows, places, range(len(rows)))
+
+
+def with_reused(parsed: pa.Table, page_cache: PageCache, rows: Sequence[int],
+                places: Mapping[str, Sequence[str | None]], order: Sequence[int]) -> pa.Table:
+    """Crawl-table rows (PAGE_SCHEMA) in `order`: an index below `parsed`'s length is that
+    row of `parsed` (pages parsed this cycle), index `len(parsed) + i` the i-th reused
+    page: its records from the cache's row `rows[i]`, its place from `places[...][i]` (as
+    in `reused_pages`). One gather of the records, from either table, not the cache's
+    rows taken and the result taken again in order."""
+    import numpy as np  # not at import: the crawl forks its workers before numpy is needed
+
+    index = np.asarray(order, dtype=np.int64)
+    n_parsed = parsed.num_rows
+    reused = index >= n_parsed
+    source = index.copy()
+    source[reused] = n_parsed + np.asarray(rows, dtype=np.int64)[index[reused] - n_parsed]
+    records = pa.concat_tables([parsed.select(RECORD_COLUMNS),
+                                page_cache.records.select(RECORD_COLUMNS)]).take(source)
     columns = {name: records.column(name) for name in RECORD_COLUMNS}
-    columns |= {name: pa.array(places[name], pa.string()) for name in PLACE_COLUMNS}
+    for name in PLACE_COLUMNS:
+        columns[name] = pa.chunked_array(
+            [*parsed.column(name).chunks, pa.array(places[name], pa.string())],
+            type=pa.string()).take(index)
     return pa.Table.from_arrays([columns[name] for name in PAGE_SCHEMA.names], schema=PAGE_SCHEMA)
 
 

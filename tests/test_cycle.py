@@ -150,3 +150,25 @@ def test_a_warm_up_that_fails_is_logged_and_the_cycle_goes_on(
     _warm_up(warm_quality_gate)
     assert "warm_quality_gate failed while the crawl ran" in caplog.text
     assert "no module named great_expectations" in caplog.text
+
+
+def test_the_gate_uses_a_previous_snapshot_read_ahead_only_if_read_for_this_one(
+        replica: ReplicaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `etl run` reads the previous published snapshot while its crawl runs and hands it to
+    # the gate; read for another warehouse, election or set of contests, it is read again.
+    from etl import cycle
+
+    replica.goto("counting-4")
+    warehouse = f"duckdb:///{tmp_path}/warehouse.duckdb"
+    data = tmp_path / "data"
+    assert etl_run(replica.base_url, warehouse, data).returncode == 0
+    [snapshot_dir] = (data / "staging" / "jk2021" / "snapshots").iterdir()
+    monkeypatch.setenv("CEC_DATA_DIR", str(data))
+    unusable = (None, None)  # frames the gate would fail on if it used them
+    for other in (cycle.PreviousPublished("duckdb:///elsewhere.duckdb", "jk2021",
+                                          tuple(CONTESTS), unusable),
+                  cycle.PreviousPublished(warehouse, "jk2021", ("list",), unusable)):
+        assert cycle.validate_stage(snapshot_dir, warehouse, other) == snapshot_dir
+    read_for_it = cycle.PreviousPublished(warehouse, "jk2021", tuple(CONTESTS), unusable)
+    with pytest.raises(TypeError):
+        cycle.validate_stage(snapshot_dir, warehouse, read_for_it)
