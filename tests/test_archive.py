@@ -90,6 +90,15 @@ def test_a_url_back_at_an_earlier_body_is_its_latest_after_reopening(tmp_path: P
     assert reopened.sha256 == hashlib.sha256(b"v1").hexdigest()
 
 
+def _checkpoint(root: Path) -> dict[str, int]:
+    """The checkpoint's index offset and how many responses it holds."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(root / "index.checkpoint.arrow")) as source:
+        table = pa.ipc.open_file(source).read_all()
+    return {"offset": int(table.schema.metadata[b"offset"]), "rows": table.num_rows}
+
+
 def test_opening_reads_only_the_index_tail_after_a_checkpoint(tmp_path: Path) -> None:
     from etl.archive import CHECKPOINT_EVERY_LINES
 
@@ -98,9 +107,9 @@ def test_opening_reads_only_the_index_tail_after_a_checkpoint(tmp_path: Path) ->
     urls = [f"http://p/ru/results/jk2021/list/{i}/" for i in range(CHECKPOINT_EVERY_LINES + 10)]
     for url in urls:
         archive.store(url, 200, {"ETag": f'"{url}"'}, url.encode(), "t")
-    assert not (root / "index.checkpoint.json").exists()
+    assert not (root / "index.checkpoint.arrow").exists()
     RawArchive(root)  # read the whole index once: it writes the checkpoint
-    checkpoint = json.loads((root / "index.checkpoint.json").read_text())
+    checkpoint = _checkpoint(root)
     assert checkpoint["offset"] == (root / "index.jsonl").stat().st_size
     archive.store(urls[0], 200, {"ETag": '"new"'}, b"new", "t2")  # after the checkpoint
 
@@ -116,7 +125,7 @@ def test_opening_reads_only_the_index_tail_after_a_checkpoint(tmp_path: Path) ->
 
     # A damaged checkpoint is ignored: the whole index is read instead, with the same result.
     (root / "index.jsonl").write_bytes(index)
-    (root / "index.checkpoint.json").write_text("{not json")
+    (root / "index.checkpoint.arrow").write_text("not Arrow")
     again = RawArchive(root)
     assert again.latest(urls[0]).etag == '"new"'  # type: ignore[union-attr]
     assert again.latest(urls[-1]).etag == f'"{urls[-1]}"'  # type: ignore[union-attr]
@@ -246,12 +255,13 @@ def test_the_checkpoint_keeps_each_urls_latest_and_earlier_bodies_stay_readable(
         for url in urls:
             archive.store(url, 200, {"ETag": f'"{update}"'}, f"{url} {update}".encode(), "t",
                           encoding="utf-8", encoding_source="header")
-    checkpoint = json.loads((root / "index.checkpoint.json").read_text())  # of two updates
+    checkpoint = _checkpoint(root)  # of two updates
     assert checkpoint["offset"] > 0
-    assert sum(len(v) for v in checkpoint.values() if isinstance(v, list)) == len(urls)
+    assert checkpoint["rows"] == len(urls)
     reopened = RawArchive(root)
     latest = reopened.latest(urls[7])
     assert latest is not None and reopened.read(latest.sha256) == f"{urls[7]} 2".encode()
+    assert (latest.etag, latest.encoding) == ('"2"', "utf-8")
     first = hashlib.sha256(f"{urls[7]} 0".encode()).hexdigest()
     assert reopened.read(first) == f"{urls[7]} 0".encode()
     assert RawArchive(root).encoding_of(urls[7], first) == "utf-8"
@@ -289,7 +299,7 @@ def test_the_shared_archive_is_opened_once_and_inherited_by_forked_processes(
 
     # An index replaced meanwhile (the raw directory recreated) is opened anew.
     (root / "index.jsonl").rename(tmp_path / "old-index.jsonl")
-    (root / "index.checkpoint.json").unlink(missing_ok=True)
+    (root / "index.checkpoint.arrow").unlink(missing_ok=True)
     fresh = RawArchive(root)
     fresh.store(url, 200, {}, b"first", "t3")
     reopened = shared_archive(root)
@@ -331,3 +341,18 @@ def test_a_shared_archive_far_behind_the_index_is_opened_anew(
     reopened = shared_archive(root)
     assert reopened is not shared and reopened.latest(url).sha256 == third  # type: ignore[union-attr]
     forget_shared_archives()
+
+
+def test_a_checkpoint_of_an_earlier_version_is_replaced(tmp_path: Path) -> None:
+    from etl.archive import CHECKPOINT_EVERY_LINES
+
+    root = tmp_path / "raw"
+    archive = RawArchive(root)
+    urls = [f"http://p/ru/results/jk2021/list/{i}/" for i in range(CHECKPOINT_EVERY_LINES)]
+    for url in urls:
+        archive.store(url, 200, {"ETag": f'"{url}"'}, url.encode(), "t")
+    (root / "index.checkpoint.json").write_text('{"format": "cec-archive-checkpoint/2"}')
+    reopened = RawArchive(root)  # the whole index read, the checkpoint written anew
+    assert all(reopened.latest(url).etag == f'"{url}"' for url in urls)  # type: ignore[union-attr]
+    assert not (root / "index.checkpoint.json").exists()
+    assert _checkpoint(root)["rows"] == len(urls)
