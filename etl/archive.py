@@ -115,8 +115,8 @@ class RawArchive:
         with _collector_paused():
             offset = self._load_checkpoint()
             lines = self._read_index_tail(offset)
-        if lines >= CHECKPOINT_EVERY_LINES:
-            self._write_checkpoint(self._index_offset)
+            if lines >= CHECKPOINT_EVERY_LINES:
+                self._write_checkpoint(self._index_offset)
 
     def _read_index_tail(self, offset: int) -> int:
         """Remember the index's whole lines from `offset` on; how many there were."""

@@ -16,6 +16,7 @@ puts the records into columns as they come, a few thousand pages at a time
 from __future__ import annotations
 
 import collections
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -556,6 +557,10 @@ def crawl_contests(
     seen: set[str] = set()
     variants: dict[str, int] = {}
     capped: set[str] = set()
+    # What exists now (the page cache, the open archive: ~100,000 entries each at issue
+    # 9's scale) lives through the crawl: the cyclic collector leaves it alone, here and
+    # in the workers, which fork with it (its pages are not copied for the collector).
+    gc.freeze()
     pool = _worker_pool(spec, processes, concurrency)
     pending: dict[int, list[_Visit]] = {}
     batches = itertools.count()
@@ -626,6 +631,7 @@ def crawl_contests(
         # After a deadline, do not wait for a stuck worker: its fetch ends on its own, and
         # it dies with this process.
         pool.shutdown(wait=finished or time.time() < ends_at + DEADLINE_GRACE_S)
+        gc.unfreeze()
         _cache = None
         if processes <= 1:
             _close_source()

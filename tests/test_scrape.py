@@ -534,3 +534,17 @@ def test_a_page_record_lands_in_the_columns_named_after_its_fields() -> None:
     assert row["lines"] == [asdict(line)]
     assert row["children"] == [asdict(link)]
     assert row["fractional_counts"] == [{"figure": "registered", "text": "9.5"}]
+
+
+def test_snapshot_meta_read_again_is_what_the_file_says_now(tmp_path: Path) -> None:
+    # Parsed once per content: a file rewritten in place, same size, is read anew, and a
+    # caller changing its copy does not change the next one's.
+    from etl.normalise import read_snapshot_meta
+
+    meta_file = tmp_path / "snapshot.json"
+    meta_file.write_text('{"snapshot_id": "jk2021-a", "contests": ["list"]}')
+    first = read_snapshot_meta(tmp_path)
+    first["contests"] = ["changed by a caller"]
+    assert read_snapshot_meta(tmp_path)["contests"] == ["list"]
+    meta_file.write_text('{"snapshot_id": "jk2021-b", "contests": ["list"]}')
+    assert read_snapshot_meta(tmp_path)["snapshot_id"] == "jk2021-b"
