@@ -148,8 +148,11 @@ def fetch_election(source: PageSource, lang: str, election_id: str) -> tuple[Fet
 
 
 # How many child links one batch carries: small enough to keep every worker busy and
-# the tree's next level flowing, large enough that process hand-offs cost little.
-BATCH_SIZE = 8
+# the tree's next level flowing, large enough that process hand-offs cost little. A batch
+# of pages fetched before is one pipeline (one round trip): 16 rather than 8 took the
+# 100,000-precinct incremental crawl from 9.8-10.6 s to 8.9-9.3 s; kg2021's cycles the same
+# or slightly faster (cold 4.63 -> 4.61 s, re-stamp 2.47 -> 2.37 s, medians of 3).
+BATCH_SIZE = 16
 
 
 _FAST, _FALLBACK, _REUSED = "fast", "fallback", "reused"
