@@ -475,10 +475,7 @@ def validate_stage(snapshot_dir: Path, warehouse_url: str,
                             previous.contests) != wanted:
         previous = read_previous_published(*wanted)
     frames = previous.frames
-    del previous  # the frames only: the gate's peak holds no second reference
-    previous_frames = frames if len(frames[0]) else None
-    del frames
-    outcome = validate_snapshot(snapshot_dir, previous=previous_frames,
+    outcome = validate_snapshot(snapshot_dir, previous=frames if len(frames[0]) else None,
                                 memo_path=gate_memo_path(meta["election_id"]))
     log.info("snapshot %s validated: %d critical contests %s, report %s", meta["snapshot_id"],
              len(outcome.critical_contests), sorted(outcome.critical_contests),

@@ -221,16 +221,12 @@ class PortalClient:
                 continue
             status = response.status
             if status == 304:
-                cached = self.archive.latest(answered)
-                if cached is not None:
-                    return FetchedPage(answered, 200, None, cached.sha256, not_modified=True,
-                                       encoding=cached.encoding, archive=self.archive)
+                unchanged = self._from_archive(answered)
+                if unchanged is not None:
+                    return unchanged
                 last_reason, last_status = "304 without an archived body", 304
                 continue
-            encoding, source = page_encoding(response.headers.get("Content-Type"), body)
-            sha256 = self.archive.store(answered, status, dict(response.headers),
-                                        body, utc_now(), encoding=encoding,
-                                        encoding_source=source)
+            sha256, encoding = self._archived(answered, response, body)
             if status == 200:
                 return FetchedPage(answered, 200, body, sha256, not_modified=False,
                                    encoding=encoding)
@@ -272,27 +268,28 @@ class PortalClient:
         results: list[FetchedPage | None] = [None] * len(paths)
         if not (self.conditional and self._pipelining and self.pool.can_pipeline):
             return results
-        wanted: list[tuple[int, str, dict[str, str]]] = []
+        wanted: list[tuple[int, str, bytes]] = []  # index, URL, request head
         for index, path in enumerate(paths):
             try:
                 url = absolute_url(self.base_url, path)
             except FetchError:
                 continue
             conditional = self._conditional_headers(url)
-            headers = self.headers | conditional
-            if conditional and self.pool.pipelinable(_target(url), headers):
-                wanted.append((index, url, headers))
+            head = (self.pool.request_head(_target(url), self.headers | conditional)
+                    if conditional else None)
+            if head is not None:
+                wanted.append((index, url, head))
         ends_at = time.time() + self.request_deadline
         if self.deadline is not None:
             ends_at = min(ends_at, self.deadline)
         if len(wanted) < 2 or ends_at <= time.time():
             return results  # nothing to gain over `fetch`, or no time to ask (`fetch` says so)
-        requests = [(_target(url), headers) for _, url, headers in wanted]
         timeout = min(self.timeout, ends_at - time.time())
         answered = 0
         try:
             # Closed when left early: the connection, with answers still unread, is dropped.
-            with contextlib.closing(self.pool.pipeline(requests, timeout, ends_at)) as responses:
+            with contextlib.closing(self.pool.pipeline([head for _, _, head in wanted], timeout,
+                                                       ends_at)) as responses:
                 # Not zip(): the pipeline's generator must run past its last answer, where
                 # it puts the connection back into the pool.
                 for response in responses:
@@ -315,19 +312,29 @@ class PortalClient:
         """A pipelined response as `fetch` would give it (304 or 200), or None."""
         if response.status == 304:
             response.release()
-            cached = self.archive.latest(url)
-            if cached is None:
-                return None
-            return FetchedPage(url, 200, None, cached.sha256, not_modified=True,
-                               encoding=cached.encoding, archive=self.archive)
+            return self._from_archive(url)
         if response.status != 200:
             return None  # not read: the pipeline ends, `fetch` asks again
         body = self._read_body(response, ends_at)
         response.release()
-        encoding, source = page_encoding(response.headers.get("Content-Type"), body)
-        sha256 = self.archive.store(url, 200, dict(response.headers), body, utc_now(),
-                                    encoding=encoding, encoding_source=source)
+        sha256, encoding = self._archived(url, response, body)
         return FetchedPage(url, 200, body, sha256, not_modified=False, encoding=encoding)
+
+    def _from_archive(self, url: str) -> FetchedPage | None:
+        """A 304's page: the body the archive last stored for `url` (read when asked), or
+        None if it has none."""
+        cached = self.archive.latest(url)
+        if cached is None:
+            return None
+        return FetchedPage(url, 200, None, cached.sha256, not_modified=True,
+                           encoding=cached.encoding, archive=self.archive)
+
+    def _archived(self, url: str, response: Response, body: bytes) -> tuple[str, str | None]:
+        """Store a response whose body was read: its sha256 and the text encoding chosen."""
+        encoding, source = page_encoding(response.headers.get("Content-Type"), body)
+        sha256 = self.archive.store(url, response.status, dict(response.headers), body,
+                                    utc_now(), encoding=encoding, encoding_source=source)
+        return sha256, encoding
 
     def _get(self, url: str, ends_at: float) -> tuple[str, Response, bytes]:
         """One GET, following redirects on the portal's host only; (URL that answered, response, body).

@@ -303,6 +303,25 @@ class Response:
         self._connection.close()
 
 
+# A request on a pooled connection that fails with one of these found it closed by the
+# server while it was idle (RemoteDisconnected is a ConnectionResetError): sent again, once,
+# on a new connection (GET is idempotent).
+_CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+def _transport_error(exc: OSError | http.client.HTTPException) -> TransportError:
+    """A failed send, or read of a response's status line and headers, as the caller sees it."""
+    if isinstance(exc, TimeoutError):
+        return TransportTimeout(str(exc) or "timed out", deadline=isinstance(exc, _DeadlinePassed))
+    return TransportError(f"{exc.__class__.__name__}: {exc}")
+
+
+def _interim_response(status: int) -> TransportError:
+    # http.client skips 100 Continue only; another 1xx (103 Early Hints) comes back as if
+    # final, the real response still unread on the connection.
+    return TransportError(f"an interim response ({status}) where a final one was expected")
+
+
 # A request head `pipeline` writes itself: printable ASCII lines (no control character,
 # no line break but the CRLFs that end them), the target without spaces.
 _PRINTABLE_HEAD = re.compile(r"GET [!-~]+ HTTP/1\.1\r\n(?:[!-9;-~]+: [ -~]*\r\n)+\r\n")
@@ -373,26 +392,14 @@ class ConnectionPool:
             try:
                 connection.request("GET", target, headers=headers)
                 raw = connection.getresponse()
-            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
-                # RemoteDisconnected is a ConnectionResetError: on a reused connection, the
-                # server closed it while it was idle in the pool; send again on a new one.
-                connection.close()
-                if reused:
-                    continue
-                raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
-            except TimeoutError as exc:
-                connection.close()
-                raise TransportTimeout(str(exc) or "timed out",
-                                       deadline=isinstance(exc, _DeadlinePassed)) from None
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
-                raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
+                if reused and isinstance(exc, _CLOSED_WHILE_IDLE):
+                    continue  # closed by the server while idle in the pool: on a new one
+                raise _transport_error(exc) from None
             if raw.status < 200:
-                # http.client skips 100 Continue only; another 1xx (103 Early Hints) comes
-                # back as if final, the real response still unread on the connection.
                 connection.close()
-                raise TransportError(f"an interim response ({raw.status}) where a final one "
-                                     "was expected")
+                raise _interim_response(raw.status)
             return Response(raw, connection, self)
         raise TransportError("the server closed a new connection as well")
 
@@ -401,9 +408,9 @@ class ConnectionPool:
         """Whether `pipeline` may be used: on a direct connection, not through a proxy."""
         return self._proxy is None
 
-    def pipeline(self, requests: Sequence[tuple[str, dict[str, str]]], timeout: float,
+    def pipeline(self, heads: Sequence[bytes], timeout: float,
                  deadline: float) -> Generator[Response, None, None]:
-        """GETs for every (target, headers) sent at once on one connection (HTTP/1.1
+        """GETs (their `request_head`s) sent at once on one connection (HTTP/1.1
         pipelining); their responses yielded in order, each once its headers have arrived.
 
         Read each response's body to its end (`read_some` until None; a 204 or 304 has
@@ -413,12 +420,11 @@ class ConnectionPool:
         closed, never pooled with bytes unread); a failure raises `TransportError`
         (`TransportTimeout` for a wait). Either way the requests not answered may not have
         been served: send them again the usual way. A pooled connection that the server
-        closed while it was idle is replaced once, as in `get`. Every request must be
-        `pipelinable`.
+        closed while it was idle is replaced once, as in `get`.
         """
         if not self.can_pipeline:
             raise TransportError("requests through a proxy are not pipelined")
-        data = b"".join(self._request_bytes(target, headers) for target, headers in requests)
+        data = b"".join(heads)
         for attempt in range(2):
             connection, reused = (self._take(timeout) if attempt == 0
                                   else (self._new(timeout), False))
@@ -426,23 +432,16 @@ class ConnectionPool:
             finished = False
             try:
                 stream = self._send_all(connection, data, timeout, deadline)
-                for _ in requests:
+                for _ in heads:
                     raw = _PipelinedResponse(stream, method="GET")  # type: ignore[arg-type]
                     try:
                         raw.begin()
-                    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
-                            http.client.RemoteDisconnected) as exc:
-                        if reused and not answered:
-                            break  # closed while idle: once more on a new connection
-                        raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
-                    except TimeoutError as exc:
-                        raise TransportTimeout(str(exc) or "timed out",
-                                               deadline=isinstance(exc, _DeadlinePassed)) from None
                     except (OSError, http.client.HTTPException) as exc:
-                        raise TransportError(f"{exc.__class__.__name__}: {exc}") from None
+                        if reused and not answered and isinstance(exc, _CLOSED_WHILE_IDLE):
+                            break  # closed while idle: once more on a new connection
+                        raise _transport_error(exc) from None
                     if raw.status < 200:
-                        raise TransportError(f"an interim response ({raw.status}) where a "
-                                             "final one was expected")
+                        raise _interim_response(raw.status)
                     response = Response(raw, connection, self, pipelined=True)
                     yield response
                     answered += 1
@@ -474,24 +473,16 @@ class ConnectionPool:
         return _SharedStream(io.BufferedReader(_DeadlineReader(
             sock.makefile("rb", buffering=0), sock, timeout, deadline)))
 
-    def pipelinable(self, target: str, headers: dict[str, str]) -> bool:
-        """Whether `pipeline` can write this request as is (printable ASCII throughout)."""
-        return _PRINTABLE_HEAD.fullmatch(self._request_head(target, headers)) is not None
-
-    def _request_head(self, target: str, headers: dict[str, str]) -> str:
-        """A GET as `http.client` writes it (its Host header, then `headers`)."""
+    def request_head(self, target: str, headers: dict[str, str]) -> bytes | None:
+        """A GET as `http.client` writes it (its Host header, then `headers`), for
+        `pipeline`; None if it cannot be written as is (anything outside printable ASCII:
+        `http.client` would refuse or encode it)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         if self.port != (443 if self.scheme == "https" else 80):
             host = f"{host}:{self.port}"
-        return f"GET {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
+        head = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
-
-    def _request_bytes(self, target: str, headers: dict[str, str]) -> bytes:
-        head = self._request_head(target, headers)
-        if not _PRINTABLE_HEAD.fullmatch(head):
-            raise TransportError(f"a request for {target!r} cannot be pipelined: it has "
-                                 "characters outside printable ASCII")
-        return head.encode("ascii")
+        return head.encode("ascii") if _PRINTABLE_HEAD.fullmatch(head) else None
 
     def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         """An idle connection (reused) or a new one; its timeouts set to `timeout`."""

@@ -565,3 +565,27 @@ def test_a_crawl_worker_keeps_its_batch_in_order_when_some_pages_were_fetched_be
     assert [urlsplit(o.url).path for o in outcomes] == [f"/p/{n}" for n in range(6)]
     assert [o.not_modified for o in outcomes] == [False, True, False, True, True, False]
     assert seen == 3 + 6
+
+
+def test_a_request_that_cannot_be_written_as_is_is_left_to_fetch_alone(
+        archive: RawArchive) -> None:
+    # /a's validator is not printable ASCII: its conditional request is not pipelined (the
+    # others are), and `fetch` asks for it as http.client writes it.
+    def tagged(line: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        path = line.split()[1]
+        tag = '"caf\xe9"' if path == "/a" else f'"{path}"'
+        if headers.get("if-none-match") == tag:
+            return f"HTTP/1.1 304 Not Modified\r\nETag: {tag}\r\n\r\n".encode("latin-1"), False
+        return response(path.encode(), f"ETag: {tag}").replace(b"\xc3\xa9", b"\xe9"), False
+
+    with SocketServer(tagged) as server:
+        portal = client(server.base_url, archive)
+        for path in ("/a", "/b", "/c"):
+            portal.fetch(path)
+        asked = len(server.requests)
+        again = portal.revalidate(["/a", "/b", "/c"])
+        assert again[0] is None
+        assert again[1] is not None and again[2] is not None and again[2].not_modified
+        assert [line.split()[1] for line, _ in server.requests[asked:]] == ["/b", "/c"]
+        assert portal.fetch("/a").not_modified
+        portal.close()
