@@ -46,7 +46,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,6 +91,8 @@ class RawArchive:
         self.packs.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.root / "index.checkpoint.arrow"
         self._lock = threading.Lock()
+        # A thread's index lines held back until its `index_lines_batched` block ends.
+        self._held = threading.local()
         # The latest body of each (url, status): a response equal to it adds no index line.
         self._latest: dict[tuple[str, int], str] = {}
         self._latest_ok: dict[str, ArchivedResponse] = {}
@@ -282,16 +284,32 @@ class RawArchive:
                 if encoding:
                     entry["encoding"] = encoding
                     entry["encoding_source"] = encoding_source
-                try:
-                    self._append_index(json.dumps(entry, ensure_ascii=False))
-                except OSError as exc:
-                    raise ArchiveWriteError(
-                        exc.errno,
-                        f"cannot write to the raw archive index {self.index_path}: "
-                        f"{exc.strerror or exc}",
-                    ) from exc
+                line = json.dumps(entry, ensure_ascii=False)
+                held: list[str] | None = getattr(self._held, "lines", None)
+                if held is None:
+                    self._append_index([line])
+                else:
+                    held.append(line)
             self._remember(url, status, sha256, kept, encoding, where)
         return sha256
+
+    @contextlib.contextmanager
+    def index_lines_batched(self) -> Iterator[None]:
+        """Within this block, the index lines of this thread's `store` calls are appended
+        together when it ends (one locked write instead of one per response: a crawl
+        worker's batch of pages), also when it ends by an exception. Bodies go to the pack
+        at once as always, and this instance knows them at once; other processes find
+        them once the block has ended. Nested blocks: the outermost one writes."""
+        if getattr(self._held, "lines", None) is not None:
+            yield
+            return
+        self._held.lines = []
+        try:
+            yield
+        finally:
+            lines, self._held.lines = self._held.lines, None
+            if lines:
+                self._append_index(lines)
 
     def _in_legacy_blob(self, sha256: str) -> bool:
         return self._legacy_blobs and self.blob_path(sha256).exists()
@@ -331,24 +349,31 @@ class RawArchive:
                 self._pack.close()
                 self._pack = None
 
-    def _append_index(self, line: str) -> None:
+    def _append_index(self, lines: Sequence[str]) -> None:
         # Several crawl processes may append at once: an exclusive lock keeps lines whole.
-        # One write of the whole line; if the disk takes only part of it, cut it off again
-        # so the index never holds half an entry.
-        data = (line + "\n").encode("utf-8")
-        fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # One write of the whole lines; if the disk takes only part of them, cut it off
+        # again so the index never holds half an entry.
+        data = "".join(f"{line}\n" for line in lines).encode("utf-8")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
+            fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                written = os.write(fd, data)
-                if written != len(data):
-                    raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written")
-            except OSError:
-                os.ftruncate(fd, size)
-                raise
-        finally:
-            os.close(fd)  # closing releases the lock
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                size = os.fstat(fd).st_size
+                try:
+                    written = os.write(fd, data)
+                    if written != len(data):
+                        raise OSError(errno.ENOSPC,
+                                      f"only {written} of {len(data)} bytes written")
+                except OSError:
+                    os.ftruncate(fd, size)
+                    raise
+            finally:
+                os.close(fd)  # closing releases the lock
+        except OSError as exc:
+            raise ArchiveWriteError(
+                exc.errno,
+                f"cannot write to the raw archive index {self.index_path}: {exc.strerror or exc}",
+            ) from exc
 
     def catch_up(self, max_bytes: int | None = None) -> bool:
         """Remember the index lines other processes appended since this instance read it;

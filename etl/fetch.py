@@ -288,8 +288,9 @@ class PortalClient:
         answered = 0
         try:
             # Closed when left early: the connection, with answers still unread, is dropped.
-            with contextlib.closing(self.pool.pipeline([head for _, _, head in wanted], timeout,
-                                                       ends_at)) as responses:
+            # The pages' index lines are appended in one go (parsed only once returned).
+            with self.archive.index_lines_batched(), contextlib.closing(self.pool.pipeline(
+                    [head for _, _, head in wanted], timeout, ends_at)) as responses:
                 # Not zip(): the pipeline's generator must run past its last answer, where
                 # it puts the connection back into the pool.
                 for response in responses:

@@ -192,6 +192,32 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing_half_written(tmp_path: 
     assert len(_index_lines(root)) == events["stored"] + 1
 
 
+def test_index_lines_batched_are_written_together_when_the_block_ends(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    archive = RawArchive(root)
+    archive.store("http://p/before/", 200, {}, b"before", "t0")
+    with archive.index_lines_batched():
+        first = archive.store("http://p/a/", 200, {"ETag": '"a"'}, b"page a", "t1")
+        with archive.index_lines_batched():  # nested: the outer block writes
+            archive.store("http://p/b/", 200, {}, b"page b", "t1")
+        assert [line["url"] for line in _index_lines(root)] == ["http://p/before/"]
+        # This instance knows the pages at once; another process finds them afterwards.
+        assert archive.read(first) == b"page a" and archive.latest("http://p/a/").etag == '"a"'
+        assert RawArchive(root).latest("http://p/a/") is None
+    assert [line["url"] for line in _index_lines(root)] == [
+        "http://p/before/", "http://p/a/", "http://p/b/"]
+    assert RawArchive(root).read(first) == b"page a"
+    # Left by an exception, the block still writes what it held (the bodies are in the pack).
+    with pytest.raises(RuntimeError), archive.index_lines_batched():
+        archive.store("http://p/c/", 200, {}, b"page c", "t2")
+        raise RuntimeError("a parse failed")
+    assert _index_lines(root)[-1]["url"] == "http://p/c/"
+    assert RawArchive(root).latest("http://p/c/") is not None
+    # Outside a block, each store appends its line at once, as before.
+    archive.store("http://p/d/", 200, {}, b"page d", "t3")
+    assert _index_lines(root)[-1]["url"] == "http://p/d/"
+
+
 def _store_in_child(body: bytes, parent: RawArchive) -> None:
     parent.store("http://p/child/", 200, {}, body, "t")  # the parent's instance, forked
 
