@@ -143,10 +143,12 @@ def build_election_dag(rules: ElectionRules) -> Any:
 
         @task(trigger_rule="all_done")
         def alert(detection: dict[str, Any], **context: Any) -> list[dict[str, Any]]:
-            from etl.cycle import alert_stage
+            from etl.cycle import alert_stage, fold_archive
 
             published = context["ti"].xcom_pull(task_ids="publish")
-            return alert_stage(detection, published)
+            sent = alert_stage(detection, published)
+            fold_archive()  # the next run's change detection reads a short index tail
+            return sent
 
         @task(trigger_rule="all_done")
         def report(**context: Any) -> str:

@@ -164,6 +164,7 @@ def _run_cycle(args: argparse.Namespace) -> int:
         _print_alerts(cycle.alert_stage(detection.to_dict(), None))
         return EXIT_ERROR
     sent = cycle.alert_stage(detection.to_dict(), published)
+    cycle.fold_archive(args.raw_dir)
     statuses = {c: s["status"] for c, s in published["statuses"].items()}
     print(f"snapshot {published['snapshot_id']} (portal updated {published['portal_updated_at']})"
           f" -> {warehouse}" + ("" if published["is_new"] else " (already loaded)"))

@@ -232,6 +232,16 @@ class RawArchive:
         with contextlib.suppress(OSError):
             (self.root / "index.checkpoint.json").unlink()
 
+    @property
+    def index_offset(self) -> int:
+        """How far into the index this instance has read."""
+        return self._index_offset
+
+    def checkpoint(self) -> None:
+        """Write the checkpoint of what this instance has read of the index."""
+        with self._lock, _collector_paused():
+            self._write_checkpoint(self._index_offset)
+
     def _read_whole_index(self) -> None:
         """Remember every index line, once: for a body or an encoding that is no URL's
         latest (reprocessing an earlier snapshot), which the checkpoint does not keep."""
@@ -467,6 +477,49 @@ def shared_archive(root: Path) -> RawArchive:
     archive = RawArchive(key)
     _SHARED[key] = (archive, _index_identity(key))
     return archive
+
+
+# An index tail from which folding at a cycle's end pays: opening the archive to fold it
+# costs about what reading ~30,000 lines (~16 MB) does, at 100,000 precincts (reading its
+# checkpoint: ~0.35 s). A cold cycle there appends ~101,000 lines; an incremental one, ~5,000.
+FOLD_AFTER_BYTES = 16_000_000
+
+
+def fold_index(root: Path, min_bytes: int = FOLD_AFTER_BYTES) -> bool:
+    """Write the archive's checkpoint if its index grew by `min_bytes` or more since the
+    last one; whether it did.
+
+    For the end of a cycle, once its results are published: otherwise the next cycle's
+    change detection, on the way to the next results, reads those lines as JSON first
+    (after a cold cycle at 100,000 precincts: ~101,000 lines, ~1.2 s). A shorter tail is
+    left to that opening, which costs less than opening the archive once more to fold it.
+    """
+    root = Path(root)
+    try:
+        size = (root / "index.jsonl").stat().st_size
+    except FileNotFoundError:
+        return False
+    if size - _checkpoint_offset(root / "index.checkpoint.arrow") < min_bytes:
+        return False
+    checkpoint = root / "index.checkpoint.arrow"
+    archive = RawArchive(root)  # reads the lines after the checkpoint; many: writes a new one
+    if _checkpoint_offset(checkpoint) < archive.index_offset:
+        archive.checkpoint()
+    return True
+
+
+def _checkpoint_offset(path: Path) -> int:
+    """How far into the index a checkpoint reaches (its footer only); 0 if none is readable."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            metadata = pa.ipc.open_file(source).schema.metadata or {}
+        if metadata.get(b"format") != CHECKPOINT_FORMAT.encode():
+            return 0
+        return int(metadata[b"offset"])
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return 0
 
 
 def forget_shared_archives() -> None:

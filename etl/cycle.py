@@ -549,6 +549,22 @@ def alert_stage(
     return sent
 
 
+def fold_archive(archive_root: Path | None = None) -> None:
+    """After a cycle's publication: checkpoint the raw archive's index if the cycle added
+    much to it (`etl.archive.fold_index`), so the next change detection does not read it
+    all first. Only an optimisation: a failure is logged, never raised."""
+    from etl.archive import fold_index
+
+    started = time.perf_counter()
+    root = archive_root or config.raw_dir()
+    try:
+        if fold_index(root):
+            log.info("raw archive index at %s checkpointed in %.2fs", root,
+                     time.perf_counter() - started)
+    except Exception:
+        log.exception("could not checkpoint the raw archive index at %s", root)
+
+
 def latest_seats(warehouse_url: str, election_id: str, contest_id: str) -> list[dict[str, Any]]:
     """The seat allocation of a contest's latest published snapshot."""
     from etl.warehouse import seat_allocation

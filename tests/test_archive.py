@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import resource
 import signal
@@ -129,6 +130,38 @@ def test_opening_reads_only_the_index_tail_after_a_checkpoint(tmp_path: Path) ->
     again = RawArchive(root)
     assert again.latest(urls[0]).etag == '"new"'  # type: ignore[union-attr]
     assert again.latest(urls[-1]).etag == f'"{urls[-1]}"'  # type: ignore[union-attr]
+
+
+def test_a_cycle_that_added_much_to_the_index_folds_it_into_the_checkpoint(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from etl.archive import fold_index
+    from etl.cycle import fold_archive
+
+    root = tmp_path / "raw"
+    assert not fold_index(root, min_bytes=1)  # no index yet
+    archive = RawArchive(root)
+    urls = [f"http://p/ru/results/jk2021/list/{i}/" for i in range(30)]
+    for url in urls:
+        archive.store(url, 200, {"ETag": f'"{url}"'}, url.encode(), "t")
+    size = (root / "index.jsonl").stat().st_size
+    assert not fold_index(root, min_bytes=size + 1)  # grew by less: left to the next opening
+    assert not (root / "index.checkpoint.arrow").exists()
+    assert fold_index(root, min_bytes=size)
+    assert _checkpoint(root)["offset"] == size
+    assert not fold_index(root, min_bytes=1)  # nothing since
+    # The next opening reads no line: the checkpoint says it all (the lines are made
+    # unreadable here, and opening still knows every URL's latest page).
+    (root / "index.jsonl").write_bytes(b"#" * (size - 1) + b"\n")
+    reopened = RawArchive(root)
+    assert reopened.index_offset == size
+    assert all(reopened.latest(url).etag == f'"{url}"'  # type: ignore[union-attr]
+               for url in urls)
+    # The cycle's step after publication: a failure to fold is logged, never raised.
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    with caplog.at_level(logging.ERROR, logger="etl.cycle"):
+        fold_archive(not_a_directory)
+    assert "could not checkpoint the raw archive index" in caplog.text
 
 
 def test_index_entry_records_the_encoding_and_how_it_was_chosen(tmp_path: Path) -> None:
