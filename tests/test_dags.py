@@ -4,6 +4,7 @@ expected task graph and import nothing heavy at parse time."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,20 @@ def test_dag_files_import_nothing_heavy_at_parse_time() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=REPO)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_replay_starts_the_execution_api_before_its_first_run(tmp_path: Path) -> None:
+    """`make run` builds the in-process execution API (and Cadwyn's versioned routes, built
+    on its first request) while it prepares Airflow: the first DAG run does not pay for it."""
+    code = (
+        "from airflow.sdk.execution_time.supervisor import in_process_api_server\n"
+        "from etl.demo import warm_execution_api\n"
+        "assert not in_process_api_server().app._cadwyn_initialized\n"
+        "warm_execution_api()\n"
+        "print(in_process_api_server().app._cadwyn_initialized)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={**os.environ, "AIRFLOW_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"  # after Airflow's own log lines
