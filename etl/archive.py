@@ -79,6 +79,16 @@ class ArchivedResponse(NamedTuple):
     encoding: str | None = None
 
 
+class _HeldLine(NamedTuple):
+    """An index line held back by `index_lines_batched`, with what its store replaced."""
+
+    line: str
+    url: str
+    status: int
+    latest_before: str | None
+    ok_before: ArchivedResponse | None
+
+
 class RawArchive:
     """Content-addressed store of raw responses, safe for threads and processes (each
     process writes its own pack)."""
@@ -295,11 +305,12 @@ class RawArchive:
                     entry["encoding"] = encoding
                     entry["encoding_source"] = encoding_source
                 line = json.dumps(entry, ensure_ascii=False)
-                held: list[str] | None = getattr(self._held, "lines", None)
+                held: list[_HeldLine] | None = getattr(self._held, "lines", None)
                 if held is None:
                     self._append_index([line])
-                else:
-                    held.append(line)
+                else:  # with what to put back if the lines cannot be written after all
+                    held.append(_HeldLine(line, url, status, self._latest.get((url, status)),
+                                          self._latest_ok.get(url)))
             self._remember(url, status, sha256, kept, encoding, where)
         return sha256
 
@@ -317,9 +328,29 @@ class RawArchive:
         try:
             yield
         finally:
-            lines, self._held.lines = self._held.lines, None
-            if lines:
-                self._append_index(lines)
+            held: list[_HeldLine] = self._held.lines
+            self._held.lines = None
+            if held:
+                try:
+                    self._append_index([entry.line for entry in held])
+                except ArchiveWriteError:
+                    self._forget(held)
+                    raise
+
+    def _forget(self, held: Sequence[_HeldLine]) -> None:
+        """Unlearn what stores whose index lines could not be written taught this instance
+        (latest first), so that storing those pages again writes their lines."""
+        with self._lock:
+            for entry in reversed(held):
+                if entry.latest_before is None:
+                    self._latest.pop((entry.url, entry.status), None)
+                else:
+                    self._latest[(entry.url, entry.status)] = entry.latest_before
+                if entry.status == 200:
+                    if entry.ok_before is None:
+                        self._latest_ok.pop(entry.url, None)
+                    else:
+                        self._latest_ok[entry.url] = entry.ok_before
 
     def _in_legacy_blob(self, sha256: str) -> bool:
         return self._legacy_blobs and self.blob_path(sha256).exists()
@@ -517,7 +548,9 @@ def _checkpoint_offset(path: Path) -> int:
             metadata = pa.ipc.open_file(source).schema.metadata or {}
         if metadata.get(b"format") != CHECKPOINT_FORMAT.encode():
             return 0
-        return int(metadata[b"offset"])
+        offset = int(metadata[b"offset"])
+        # Ahead of the index (replaced or cut short): opening ignores it; so does this.
+        return offset if offset <= (path.parent / "index.jsonl").stat().st_size else 0
     except (OSError, ValueError, KeyError, pa.ArrowException):
         return 0
 

@@ -93,9 +93,14 @@ def warm_execution_api() -> None:
         return
     import httpx
 
-    api = in_process_api_server()  # cached: the one `dag.test()` uses
-    with httpx.Client(transport=api.transport, base_url="http://in-process.invalid./") as client:
-        client.get("health").raise_for_status()
+    try:
+        api = in_process_api_server()  # cached: the one `dag.test()` uses
+        with httpx.Client(transport=api.transport,
+                          base_url="http://in-process.invalid./") as client:
+            client.get("health").raise_for_status()
+    except Exception:  # only a head start: the first task builds it (or fails) as before
+        logging.getLogger(__name__).warning("could not start the execution API ahead of the "
+                                            "replay", exc_info=True)
 
 
 def warm_imports() -> None:

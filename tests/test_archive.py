@@ -149,6 +149,13 @@ def test_a_cycle_that_added_much_to_the_index_folds_it_into_the_checkpoint(
     assert fold_index(root, min_bytes=size)
     assert _checkpoint(root)["offset"] == size
     assert not fold_index(root, min_bytes=1)  # nothing since
+    # A checkpoint ahead of the index (an index replaced by a shorter one) counts as none.
+    index = (root / "index.jsonl").read_bytes()
+    (root / "index.jsonl").write_bytes(index[: index.index(b"\n") + 1])
+    assert fold_index(root, min_bytes=1)
+    assert _checkpoint(root)["offset"] == (root / "index.jsonl").stat().st_size
+    (root / "index.jsonl").write_bytes(index)
+    assert fold_index(root, min_bytes=1)
     # The next opening reads no line: the checkpoint says it all (the lines are made
     # unreadable here, and opening still knows every URL's latest page).
     (root / "index.jsonl").write_bytes(b"#" * (size - 1) + b"\n")
@@ -249,6 +256,32 @@ def test_index_lines_batched_are_written_together_when_the_block_ends(tmp_path: 
     # Outside a block, each store appends its line at once, as before.
     archive.store("http://p/d/", 200, {}, b"page d", "t3")
     assert _index_lines(root)[-1]["url"] == "http://p/d/"
+
+
+def test_index_lines_that_could_not_be_written_are_written_when_stored_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "raw"
+    archive = RawArchive(root)
+    archive.store("http://p/a/", 200, {"ETag": '"1"'}, b"page a, first", "t0")
+    write = archive._append_index
+
+    def full_disk(lines: list[str]) -> None:
+        raise ArchiveWriteError(28, "cannot write to the raw archive index: disk full")
+
+    monkeypatch.setattr(archive, "_append_index", full_disk)
+    with pytest.raises(ArchiveWriteError), archive.index_lines_batched():
+        archive.store("http://p/a/", 200, {"ETag": '"2"'}, b"page a, second", "t1")
+        archive.store("http://p/b/", 200, {}, b"page b", "t1")
+    # The instance does not believe what the index does not say ...
+    assert archive.latest("http://p/a/").etag == '"1"'  # type: ignore[union-attr]
+    assert archive.latest("http://p/b/") is None
+    # ... so once there is room again, storing the same pages writes their lines.
+    monkeypatch.setattr(archive, "_append_index", write)
+    archive.store("http://p/a/", 200, {"ETag": '"2"'}, b"page a, second", "t2")
+    archive.store("http://p/b/", 200, {}, b"page b", "t2")
+    reopened = RawArchive(root)
+    assert reopened.latest("http://p/a/").etag == '"2"'  # type: ignore[union-attr]
+    assert reopened.latest("http://p/b/") is not None
 
 
 def _store_in_child(body: bytes, parent: RawArchive) -> None:

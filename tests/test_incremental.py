@@ -258,7 +258,7 @@ def test_a_re_stamped_portal_is_validated_and_published_without_importing_gx(
     assert "GX ephemeral context" in first.stderr  # a cold cycle validates with GX
     replica.restamp(60)
     # Division pages answer slowly: the crawl outlasts the parent's warm-up.
-    replica.set_faults(latency=0.02, path_regex=r"/results/")
+    replica.set_faults(latency=0.06, path_regex=r"/results/")
     try:
         second = run_etl(*args, env=env, timeout=300)
     finally:

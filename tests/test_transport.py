@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import logging
 import socket
 import threading
@@ -423,6 +424,27 @@ def test_pages_fetched_before_are_asked_again_at_once_on_one_connection(
             assert (now.url, now.sha256, now.body) == (before.url, before.sha256, before.body)
     assert server.connections == 1  # the pipeline took the pooled connection and gave it back
     assert [line.split()[1] for line, _ in server.requests[6:12]] == paths
+
+
+def test_a_pipelined_batch_appends_its_index_lines_in_one_write(
+        archive: RawArchive, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = [f"/p/{n}" for n in range(5)]
+    writes: list[list[str]] = []
+    append = archive._append_index
+
+    def recorded(lines: list[str]) -> None:
+        writes.append([json.loads(line)["url"].rsplit("/", 2)[-1] for line in lines])
+        append(lines)
+
+    with SocketServer(_versioned({"/p/1", "/p/3", "/p/4"})) as server:
+        portal = client(server.base_url, archive)
+        for path in paths:
+            portal.fetch(path)
+        monkeypatch.setattr(archive, "_append_index", recorded)
+        again = portal.revalidate(paths)
+        portal.close()
+    assert [page.not_modified for page in again if page] == [True, False, True, False, False]
+    assert writes == [["1", "3", "4"]]  # the three new bodies' lines, in order, at once
 
 
 def test_a_pipeline_on_a_connection_closed_while_idle_goes_again_on_a_new_one(
