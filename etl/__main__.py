@@ -11,6 +11,7 @@ import argparse
 import gc
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -230,27 +231,27 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     # collector's way, so `release_memory`'s collections after each stage traverse only
     # what the stages made (~40 ms each otherwise, three a cycle).
     gc.freeze()
-    previous: cycle.PreviousPublished | None = None
-    read_previous, warm_gate = True, True
-    while (read_previous or warm_gate) and not task.done(timeout=0):
-        if read_previous:
-            # The gate's previous snapshot is read from the warehouse while the crawl goes
-            # on (kg2021: ~0.1 s, 100,000 precincts: ~1 s), not after assembly, whether or
-            # not the crawl parses (a re-stamped portal's does not); first, as it is the
-            # shorter. If it fails, the gate reads it again and fails loudly there.
-            read_previous = False
-            try:
-                previous = cycle.read_previous_published(warehouse, args.election,
-                                                         detection.contests)
-                log.info("previous published snapshot read while the crawl ran")
-            except Exception:
-                log.exception("reading the previous published snapshot failed while the "
-                              "crawl ran")
-        elif parsing.is_set():
+    # The gate's previous snapshot is read from the warehouse while the crawl goes on
+    # (kg2021: ~0.1 s, 100,000 precincts: ~1 s), whether or not the crawl parses (a
+    # re-stamped portal's does not), in a thread: the database works without the GIL while
+    # this one imports Great Expectations, the longer of the two. If it fails, the gate
+    # reads it again and fails loudly there.
+    read: list[cycle.PreviousPublished] = []
+
+    def read_previous() -> None:
+        try:
+            read.append(cycle.read_previous_published(warehouse, args.election,
+                                                      detection.contests))
+            log.info("previous published snapshot read while the crawl ran")
+        except Exception:
+            log.exception("reading the previous published snapshot failed while the crawl ran")
+
+    reader = threading.Thread(target=read_previous, name="read-previous", daemon=True)
+    reader.start()
+    while not task.done(timeout=0.05):
+        if parsing.is_set():
             _warm_up(cycle.warm_quality_gate)
-            warm_gate = False
-        else:
-            task.done(timeout=0.05)  # no page parsed yet: wait a little for one, or the end
+            break
     # The crawl ends by its deadline on its own; the grace covers a fetch stuck past it.
     try:
         batch = task.result(timeout=max(1.0, deadline + DEADLINE_GRACE_S + 30 - time.time()))
@@ -264,6 +265,8 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
                                            lang=args.lang, archive_root=args.raw_dir,
                                            election_page=detection.election_page)
     cycle.check_deadline(deadline, "validation")
+    reader.join(timeout=max(0.0, deadline - time.time()))
+    previous = read[0] if read and not reader.is_alive() else None
     release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
     cycle.validate_stage(snapshot_dir, warehouse, previous)
     del previous
