@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import gc
 import hashlib
 import io
 import json
@@ -49,6 +48,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from etl.memory import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class RawArchive:
         # Without the cyclic collector: the ~100,000 tuples a large portal's entries make
         # set off collections that scan everything made so far (0.2 of 0.6 s at 100,000
         # URLs); nothing made here is cyclic.
-        with _collector_paused():
+        with collector_paused():
             offset = self._load_checkpoint()
             lines = self._read_index_tail(offset)
             if lines >= CHECKPOINT_EVERY_LINES:
@@ -249,7 +250,7 @@ class RawArchive:
 
     def checkpoint(self) -> None:
         """Write the checkpoint of what this instance has read of the index."""
-        with self._lock, _collector_paused():
+        with self._lock, collector_paused():
             self._write_checkpoint(self._index_offset)
 
     def _read_whole_index(self) -> None:
@@ -466,17 +467,6 @@ class RawArchive:
             raise ArchiveWriteError(errno.EIO, f"raw archive {self.root}: pack {pack} is shorter "
                                                f"than its index says ({sha256[:12]})")
         return body
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # One open archive per root and process, shared by the change detection and the crawl,

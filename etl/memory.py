@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,20 @@ def release_memory(after: str) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     log.info("memory after %s: RSS %.0f -> %.0f MiB", after, before,
              process_memory_mib("VmRSS") or float("nan"))
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection within this block: for code that makes many objects
+    and no garbage (opening a large archive, importing Great Expectations), whose
+    allocations would otherwise set off collections that scan everything made so far."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # glibc's mallopt parameter, and the size from which an allocation gets pages of its own.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etl.config import REPO_ROOT
+from etl.memory import collector_paused
 from etl.quality.catalog import CHECKS_BY_ID
 
 if TYPE_CHECKING:
@@ -138,19 +139,6 @@ def deferred_imports(packages: Sequence[str] = DEFERRED_IMPORTS) -> Iterator[Non
         sys.meta_path.remove(finder)
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection within this block (importing GX makes objects, not
-    garbage: the collections it triggers cost ~0.35 CPU-s and free nothing)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 class SuiteRunner:
     """The suites of one expectations directory, registered in one ephemeral context.
 
@@ -188,7 +176,9 @@ class SuiteRunner:
             # one per temporary directory: noise in our logs. Set before the import.
             gx_log.setLevel(logging.WARNING)
         started = time.perf_counter()
-        with deferred_imports(), _collector_paused():
+        # Importing GX makes objects, not garbage: the collections it would set off cost
+        # ~0.35 CPU-s and free nothing.
+        with deferred_imports(), collector_paused():
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
             from great_expectations.execution_engine import pandas_execution_engine
