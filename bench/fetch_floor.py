@@ -31,14 +31,14 @@ from bench import save_report
 from etl.archive import RawArchive
 from etl.fastparse import parse_division_page
 from etl.fetch import PortalClient
-from etl.normalise import crawl_table
+from etl.normalise import PAGE_SCHEMA, crawl_table
 from etl.pagecache import (
     PLACE_COLUMNS,
     cacheable,
     page_key,
     read_pages,
-    reused_pages,
     reused_row,
+    with_reused,
     write_pages,
 )
 from etl.records import CrawledDivision, page_record
@@ -157,7 +157,8 @@ def main() -> int:
         def reuse_all() -> None:
             rows = [row for k in keyed if k and (row := reused_row(cache, k)) is not None]
             places = ["x"] * len(rows)
-            reused_pages(cache, rows, dict.fromkeys(PLACE_COLUMNS, places))
+            with_reused(PAGE_SCHEMA.empty_table(), cache, rows,
+                        dict.fromkeys(PLACE_COLUMNS, places), range(len(rows)))
 
         measure("reuse of cached pages alone (row lookup, then their columns)", reuse_all)
         measure("pickle round trip of a PageRecord", lambda: [

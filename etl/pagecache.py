@@ -14,7 +14,7 @@ the crawl table's rows of the pages that can be reused (columns contest_id, page
 the records' columns of `etl.normalise.PAGE_SCHEMA`), named with the parser version (a
 digest of the parsing modules' source): after a parser fix nothing is reused. A reused
 page never becomes Python objects: a crawl worker answers with the cached row's number,
-and the crawl takes those rows from the cache's columns (`reused_pages`).
+and the crawl takes those rows from the cache's columns (`with_reused`).
 """
 
 from __future__ import annotations
@@ -136,21 +136,14 @@ def reused_unchanged(page_cache: PageCache, url: str, sha256: str) -> tuple[int,
     return row, page_cache.keys[row], page_cache.stamps[row]
 
 
-def reused_pages(page_cache: PageCache, rows: Sequence[int],
-                 places: Mapping[str, Sequence[str | None]]) -> pa.Table:
-    """Crawl-table rows (PAGE_SCHEMA) of reused pages: their records from the cache's
-    `rows`, their place in this crawl (PLACE_COLUMNS: contest, ids, URL, digest and the
-    stamp as ISO 8601 text) from `places`."""
-    return with_reused(PAGE_SCHEMA.empty_table(), page_cache, rows, places, range(len(rows)))
-
-
 def with_reused(parsed: pa.Table, page_cache: PageCache, rows: Sequence[int],
                 places: Mapping[str, Sequence[str | None]], order: Sequence[int]) -> pa.Table:
     """Crawl-table rows (PAGE_SCHEMA) in `order`: an index below `parsed`'s length is that
     row of `parsed` (pages parsed this cycle), index `len(parsed) + i` the i-th reused
-    page: its records from the cache's row `rows[i]`, its place from `places[...][i]` (as
-    in `reused_pages`). One gather of the records, from either table, not the cache's
-    rows taken and the result taken again in order."""
+    page: its records from the cache's row `rows[i]`, its place in this crawl
+    (PLACE_COLUMNS: contest, ids, URL, digest and the stamp as ISO 8601 text) from
+    `places[...][i]`. One gather of the records, from either table, not the cache's rows
+    taken and the result taken again in order."""
     import numpy as np  # not at import: the crawl forks its workers before numpy is needed
 
     index = np.asarray(order, dtype=np.int64)

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 
 from etl import cycle
-from etl.normalise import crawl_table, read_snapshot_frames, read_snapshot_meta
+from etl.normalise import PAGE_SCHEMA, crawl_table, read_snapshot_frames, read_snapshot_meta
 from etl.pagecache import (
     PLACE_COLUMNS,
     cache_path,
     cacheable,
     page_key,
     read_pages,
-    reused_pages,
     reused_row,
+    with_reused,
     write_pages,
 )
 from etl.parse import parse_division
@@ -174,7 +174,8 @@ def test_reused_records_carry_the_new_stamp_and_equal_a_fresh_parse(tmp_path: Pa
     fresh = crawl_table((), [crawled_row(url, restamped, "new digest")]).pages
     place = fresh.select(list(PLACE_COLUMNS)).to_pylist()[0]
     assert place["portal_updated_at"] == new_key.stamp.isoformat()
-    reused = reused_pages(cache, [row], {name: [value] for name, value in place.items()})
+    reused = with_reused(PAGE_SCHEMA.empty_table(), cache, [row],
+                         {name: [value] for name, value in place.items()}, [0])
     assert reused.equals(fresh)
     assert cache.children == {0: page_record(parse_division(html, url)).children}
     # Another URL with the same body is another page (links resolve against the URL).
