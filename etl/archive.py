@@ -178,12 +178,7 @@ class RawArchive:
         try:
             with pa.memory_map(str(self.checkpoint_path)) as source:
                 table = pa.ipc.open_file(source).read_all()
-            metadata = table.schema.metadata or {}
-            if metadata.get(b"format") != CHECKPOINT_FORMAT.encode():
-                raise ValueError(f"format {metadata.get(b'format')!r}, not {CHECKPOINT_FORMAT}")
-            offset = int(metadata[b"offset"])
-            if offset > self.index_path.stat().st_size:
-                raise ValueError("the checkpoint is ahead of the index")
+            offset = _covered_offset(table.schema.metadata, self.index_path)
             if tuple(table.column_names) != _CHECKPOINT_COLUMNS:
                 raise ValueError(f"columns {table.column_names}")
             columns = [table.column(name).to_pylist() for name in _CHECKPOINT_COLUMNS]
@@ -516,33 +511,41 @@ def fold_index(root: Path, min_bytes: int = FOLD_AFTER_BYTES) -> bool:
     left to that opening, which costs less than opening the archive once more to fold it.
     """
     root = Path(root)
+    index, checkpoint = root / "index.jsonl", root / "index.checkpoint.arrow"
     try:
-        size = (root / "index.jsonl").stat().st_size
+        size = index.stat().st_size
     except FileNotFoundError:
         return False
-    if size - _checkpoint_offset(root / "index.checkpoint.arrow") < min_bytes:
+    if size - _checkpoint_offset(checkpoint, index) < min_bytes:
         return False
-    checkpoint = root / "index.checkpoint.arrow"
     archive = RawArchive(root)  # reads the lines after the checkpoint; many: writes a new one
-    if _checkpoint_offset(checkpoint) < archive.index_offset:
+    if _checkpoint_offset(checkpoint, index) < archive.index_offset:
         archive.checkpoint()
     return True
 
 
-def _checkpoint_offset(path: Path) -> int:
-    """How far into the index a checkpoint reaches (its footer only); 0 if none is readable."""
+def _checkpoint_offset(checkpoint: Path, index: Path) -> int:
+    """How far into `index` the `checkpoint` reaches (its footer only); 0 if it is not one
+    that opening the archive would use."""
     import pyarrow as pa
 
     try:
-        with pa.memory_map(str(path)) as source:
-            metadata = pa.ipc.open_file(source).schema.metadata or {}
-        if metadata.get(b"format") != CHECKPOINT_FORMAT.encode():
-            return 0
-        offset = int(metadata[b"offset"])
-        # Ahead of the index (replaced or cut short): opening ignores it; so does this.
-        return offset if offset <= (path.parent / "index.jsonl").stat().st_size else 0
+        with pa.memory_map(str(checkpoint)) as source:
+            return _covered_offset(pa.ipc.open_file(source).schema.metadata, index)
     except (OSError, ValueError, KeyError, pa.ArrowException):
         return 0
+
+
+def _covered_offset(metadata: dict[bytes, bytes] | None, index: Path) -> int:
+    """The index offset a checkpoint's metadata says it covers; `ValueError` (or
+    `KeyError`) if it is not of this format or is ahead of the index (replaced, cut short)."""
+    metadata = metadata or {}
+    if metadata.get(b"format") != CHECKPOINT_FORMAT.encode():
+        raise ValueError(f"format {metadata.get(b'format')!r}, not {CHECKPOINT_FORMAT}")
+    offset = int(metadata[b"offset"])
+    if offset > index.stat().st_size:
+        raise ValueError("the checkpoint is ahead of the index")
+    return offset
 
 
 def forget_shared_archives() -> None:
