@@ -266,7 +266,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
                                            election_page=detection.election_page)
     cycle.check_deadline(deadline, "validation")
     reader.join(timeout=max(0.0, deadline - time.time()))
-    previous = read[0] if read and not reader.is_alive() else None
+    previous = read[0] if read else None  # not read in time (or failed): the gate reads it
     release_memory(after="crawl and assembly")  # the gate's peak is the run's peak
     cycle.validate_stage(snapshot_dir, warehouse, previous)
     del previous
