@@ -219,12 +219,13 @@ class _ContestProgress:
         orders = self.orders + self.reused_orders
         in_tree_order = sorted(range(len(orders)), key=orders.__getitem__)
         keys = list(self.keys)
-        if not self.reused_rows:
-            return (parsed.take(pa.array(in_tree_order, pa.int64())),
-                    [keys[index] for index in in_tree_order])
-        assert cache is not None
-        keys.extend(cache.keys[row] for row in self.reused_rows)  # the key it was found by
-        table = with_reused(parsed, cache, self.reused_rows, self.reused_places, in_tree_order)
+        if self.reused_rows:
+            assert cache is not None
+            keys.extend(cache.keys[row] for row in self.reused_rows)  # the key it was found by
+            table = with_reused(parsed, cache, self.reused_rows, self.reused_places,
+                                in_tree_order)
+        else:
+            table = parsed.take(pa.array(in_tree_order, pa.int64()))
         return table, [keys[index] for index in in_tree_order]
 
 
