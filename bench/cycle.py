@@ -1,10 +1,18 @@
 """Benchmark: whole-portal `etl run` cycles, cold and incremental (targets 5 s, 1.5 s, 2 s).
 
-    python -m bench.cycle [--repeat N] [--mode cold,restamp,changed] [--warehouse URL]
+    python -m bench.cycle [--repeat N] [--mode cold,restamp,changed] [--runner run,watch]
+                          [--warehouse URL]
 
-The replica (its own process) serves the kg2021 portal; every timed figure is the wall
-time of `python -m etl run` as a user runs it (a new process: imports and the Great
-Expectations context are paid every time), into a fresh DuckDB file unless --warehouse:
+The replica (its own process) serves the kg2021 portal. Two runners, each figure into a
+fresh DuckDB file unless --warehouse:
+
+- run: the wall time of `python -m etl run` as a user runs it (a new process: imports and
+  the Great Expectations context are paid every time);
+- watch: `python -m etl watch --interval 0.2`, one process that imports once and forks a
+  child per cycle; the figure is the timed cycle's, from its fork to its end (what the
+  runner prints), so its polling interval is not in it.
+
+The modes:
 
 - cold: the final snapshot, empty data directory;
 - restamp: after a completed cycle of the final snapshot, every page re-stamped and
@@ -13,9 +21,10 @@ Expectations context are paid every time), into a fresh DuckDB file unless --war
   (late automatic counts: 141 of 2,494 precincts, 5.7%, and their parents change).
 
 Each figure is the median of --repeat runs, each from its own empty data directory (the
-incremental ones after an untimed first cycle). Prints the load average beside them, the
-CPU seconds of `etl run` (its worker processes included) and those of the replica during
-the run (it shares the machine's cores: after a re-stamp it renders every page again).
+incremental ones after an untimed first cycle; a watch runner of its own each time).
+Prints the load average beside them, the CPU seconds of the cycle (its worker processes
+included) and those of the replica during the cycle (it shares the machine's cores: after
+a re-stamp it renders every page again).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -35,6 +45,8 @@ from bench import save_report
 from etl.replica.process import control, replica_process
 
 TARGETS = {"cold": 5.0, "restamp": 1.5, "changed": 2.0}
+# What `etl watch` prints after each cycle (etl.runner.CycleOutcome.line).
+CYCLE_LINE = re.compile(r"^cycle (\d+): exit (-?\d+) in ([\d.]+)s \(([\d.]+) CPU-s\)")
 
 
 def children_cpu_seconds() -> float:
@@ -44,14 +56,15 @@ def children_cpu_seconds() -> float:
 
 
 def replica_cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by this process's running children: only
-    the replica runs between two timed cycles."""
+    """CPU seconds (user + system) used so far by the replica (this process's child running
+    `etl.replica`; a watch runner may be another child)."""
     import psutil
 
     total = 0.0
     for child in psutil.Process().children():
-        times = child.cpu_times()
-        total += times.user + times.system
+        if "etl.replica" in child.cmdline():
+            times = child.cpu_times()
+            total += times.user + times.system
     return total
 
 
@@ -77,7 +90,40 @@ def etl_run(base_url: str, data_dir: str, warehouse: str) -> tuple[float, str]:
     return round(seconds, 3), run.stdout + f"\nreplica_cpu_seconds {replica:.2f}\ncpu_seconds {cpu:.2f}\n"
 
 
-def one_cycle(base_url: str, mode: str, warehouse_arg: str | None) -> tuple[float, str]:
+def watched_cycles(base_url: str, data_dir: str, warehouse: str, cycles: int,
+                   between: Callable[[], None]) -> tuple[float, str]:
+    """Run `etl watch` for `cycles` cycles, calling `between` after each but the last; the
+    last cycle's seconds and the runner's stdout (with the same CPU lines as `etl_run`)."""
+    command = [sys.executable, "-m", "etl", "watch", "--portal", base_url, "--election",
+               "jk2021", "--warehouse", warehouse, "--interval", "0.2", "--cycles", str(cycles)]
+    lines: list[str] = []
+    replica_before = replica_cpu_seconds()
+    with open(f"{data_dir}.watch.log", "w") as log_file, subprocess.Popen(
+            command, env=os.environ | {"CEC_DATA_DIR": data_dir}, stdout=subprocess.PIPE,
+            stderr=log_file, text=True) as runner:
+        try:
+            assert runner.stdout is not None
+            for line in runner.stdout:
+                lines.append(line)
+                done = CYCLE_LINE.match(line)
+                if done and int(done[1]) == cycles - 1:
+                    replica_before = replica_cpu_seconds()
+                    between()
+            runner.wait(timeout=300)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+    outcomes = [m for m in map(CYCLE_LINE.match, lines) if m]
+    if runner.returncode not in (0, 3) or len(outcomes) != cycles:
+        raise RuntimeError(f"etl watch exited {runner.returncode} after {len(outcomes)} "
+                           f"cycles:\n{''.join(lines)[-2000:]}")
+    replica = replica_cpu_seconds() - replica_before
+    seconds, cpu = float(outcomes[-1][3]), float(outcomes[-1][4])
+    return seconds, "".join(lines) + f"\nreplica_cpu_seconds {replica:.2f}\ncpu_seconds {cpu:.2f}\n"
+
+
+def one_cycle(base_url: str, mode: str, warehouse_arg: str | None,
+              runner: str = "run") -> tuple[float, str]:
     """Set the portal up for `mode`, run the untimed first cycle if any, time the next."""
     def goto(label: str) -> None:
         control("POST", f"{base_url}/_replica/goto?label={label}")
@@ -85,15 +131,16 @@ def one_cycle(base_url: str, mode: str, warehouse_arg: str | None) -> tuple[floa
     with tempfile.TemporaryDirectory(prefix=f"bench-cycle-{mode}-") as tmp:
         data, warehouse = f"{tmp}/data", warehouse_arg or f"duckdb:///{tmp}/warehouse.duckdb"
         steps: dict[str, tuple[str, Callable[[], None]]] = {
+            "cold": ("final", lambda: None),
             "restamp": ("final", lambda: control(
                 "POST", f"{base_url}/_replica/restamp?seconds=60")),
             "changed": ("preliminary", lambda: goto("counting-5")),
         }
-        if mode == "cold":
-            goto("final")
-        else:
-            first, change = steps[mode]
-            goto(first)
+        first, change = steps[mode]
+        goto(first)
+        if runner == "watch":
+            return watched_cycles(base_url, data, warehouse, 1 if mode == "cold" else 2, change)
+        if mode != "cold":
             etl_run(base_url, data, warehouse)
             change()
         return etl_run(base_url, data, warehouse)
@@ -105,27 +152,32 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--mode", default="cold,restamp,changed")
+    parser.add_argument("--runner", default="run,watch",
+                        help="run (a new process a cycle) and/or watch (one warm process)")
     parser.add_argument("--warehouse", default=None, help="default: a fresh DuckDB file per run")
     args = parser.parse_args(argv)
     report: dict[str, object] = {
-        "benchmark": "python -m etl run, whole kg2021 portal, scrape to publish, new process",
+        "benchmark": "whole kg2021 portal, scrape to publish: `python -m etl run` (a new "
+                     "process a cycle; keys cold, restamp, changed) and `python -m etl watch` "
+                     "(a warm process forking a cycle; keys watch_cold, watch_restamp, ...)",
         "warehouse": args.warehouse or "fresh DuckDB file"}
     with replica_process(at="final") as base_url:
-        for mode in args.mode.split(","):
+        for runner, mode in [(r, m) for r in args.runner.split(",") for m in args.mode.split(",")]:
+            key = mode if runner == "run" else f"{runner}_{mode}"
             seconds, summaries, cpu, replica_cpu, loads = [], [], [], [], []
             for _ in range(args.repeat):
-                elapsed, stdout = one_cycle(base_url, mode, args.warehouse)
+                elapsed, stdout = one_cycle(base_url, mode, args.warehouse, runner)
                 seconds.append(elapsed)
                 cpu.append(float(stdout.rsplit("\ncpu_seconds ", 1)[1]))
                 replica_cpu.append(float(stdout.rsplit("replica_cpu_seconds ", 1)[1].split()[0]))
                 loads.append(round(os.getloadavg()[0], 2))
-                summaries.append(next((line.strip() for line in stdout.splitlines()
-                                       if "division pages:" in line), ""))
-                print(f"{mode}: {elapsed:.2f}s wall, {cpu[-1]:.1f} CPU-s (replica "
+                summaries.append(([line.strip() for line in stdout.splitlines()  # the timed cycle's
+                                   if "division pages:" in line] or [""])[-1])
+                print(f"{key}: {elapsed:.2f}s wall, {cpu[-1]:.1f} CPU-s (replica "
                       f"{replica_cpu[-1]:.1f})  {summaries[-1]}  (load {loads[-1]:.1f})",
                       flush=True)
             median = statistics.median(seconds)
-            report[mode] = {"seconds": seconds, "median_seconds": median, "cpu_seconds": cpu,
+            report[key] = {"seconds": seconds, "median_seconds": median, "cpu_seconds": cpu,
                             "median_cpu_seconds": statistics.median(cpu),
                             "replica_cpu_seconds": replica_cpu, "load_averages": loads,
                             "target_seconds": TARGETS[mode], "meets_target": median <= TARGETS[mode],

@@ -123,6 +123,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BUSY
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Cycles as `run` does, each time the portal changes, from one warm process."""
+    from etl.runner import watch_and_run
+
+    return watch_and_run(args, lambda: cmd_run(args))
+
+
 def _run_cycle(args: argparse.Namespace) -> int:
     """One full cycle: detect, scrape, normalise, validate, publish, alert."""
     from etl import cycle
@@ -300,6 +307,13 @@ def _print_alerts(sent: list[dict[str, object]]) -> None:
         print(f"  alert [{alert['severity']}] {alert['title']}")
 
 
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: seconds in (0, 3600]")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m etl`."""
     parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__,
@@ -322,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warehouse", default=None,
                      help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
     run.set_defaults(func=cmd_run)
+
+    watch = sub.add_parser("watch", help="a cycle as `run` does each time the portal changes, "
+                                         "from one warm process")
+    _add_portal_args(watch)
+    watch.add_argument("--warehouse", default=None,
+                       help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
+    watch.add_argument("--interval", type=_positive_seconds, default=5.0,
+                       help="seconds between two polls of the election page (default 5)")
+    watch.add_argument("--cycles", type=int, default=None,
+                       help="stop after this many cycles (default: run until stopped)")
+    watch.set_defaults(func=cmd_watch)
 
     reprocess = sub.add_parser("reprocess", help="rebuild a snapshot from the raw archive")
     reprocess.add_argument("snapshot_dir", type=Path, help="a snapshot directory written before")
