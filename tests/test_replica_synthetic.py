@@ -186,3 +186,26 @@ def test_an_unchanged_page_is_answered_304_and_a_recounted_one_200() -> None:
     # every answer, 304 or 200, carries the final snapshot's time
     modified = {answer.headers["Last-Modified"] for answer in answers.values()}
     assert len(modified) == 1 and modified != {before[precincts[0]].headers["Last-Modified"]}
+
+
+def test_prerender_renders_the_changed_pages_ahead_and_serves_them_as_rendered_then() -> None:
+    scenario = load_scenario("synthetic", precincts=2_000)
+    contest = scenario.contests["list"]
+    paths = [f"/ru/results/{ELECTION}/list/" if d == contest.root_id
+             else f"/ru/results/{ELECTION}/list/{d}/" for d in contest.divisions]
+    with ReplicaServer(scenario, at="counting-complete") as server, requests.Session() as http:
+        renderer = server.replica.renderer
+        at, final = server.index, scenario.resolve("final")
+        changed = [p for p in paths if renderer.validator(final, p) != renderer.validator(at, p)]
+        rendered = server.prerender("final")
+        assert server.index == at  # the timeline did not move
+        # The recounted precincts, their parents, every other contest's, the election pages.
+        assert len(changed) < rendered < 0.2 * sum(len(c.divisions) for c in scenario.contests.values())
+        calls: list[str] = []
+        render = renderer.render
+        renderer.render = lambda index, path, *a, **k: calls.append(path) or render(index, path, *a, **k)
+        server.goto("final")
+        served = {p: http.get(f"{server.base_url}{p}").content for p in changed}
+        assert calls == []  # every changed page came from the cache
+        renderer.render = render
+        assert all(served[p] == render(final, p).body for p in changed)  # type: ignore[union-attr]

@@ -24,10 +24,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def control(method: str, url: str) -> Any:
+def control(method: str, url: str, timeout: float = 10.0) -> Any:
     """Call a replica control endpoint (`/_replica/…`) and return its JSON answer."""
     request = urllib.request.Request(url, method=method)
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 

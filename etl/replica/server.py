@@ -183,6 +183,32 @@ class Replica:
             self._restamp = float(seconds)
         logger.info("replica pages re-stamped %+.0fs", seconds)
 
+    def prerender(self, at: int | str, lang: str = "ru") -> int:
+        """Render into the page cache the division pages (and election pages) of snapshot
+        `at` in `lang` that differ from the snapshot served now, without moving the
+        timeline; the number rendered.
+
+        For benchmarks: a real portal renders its pages on its own machines, the replica on
+        the cores of the pipeline it serves. After `goto(at)`, a timed cycle finds them
+        rendered (as far as they fit in CACHED_BYTES). In a scenario whose pages do not show
+        their own last change (validators unknown), every page is rendered.
+        """
+        index, current = self.scenario.resolve(at), self.index
+        election = self.scenario.election_id
+        targets = [f"/{lang}/results/", f"/{lang}/results/{election}/"]
+        for contest in self.scenario.contests.values():
+            root = f"/{lang}/results/{election}/{contest.contest_id}/"
+            targets += [root if division_id == contest.root_id else f"{root}{division_id}/"
+                        for division_id in contest.divisions]
+        rendered = 0
+        for target in targets:
+            tag = self.renderer.validator(index, target)
+            if tag is not None and tag == self.renderer.validator(current, target):
+                continue
+            rendered += self._page(index, target, restamp=0.0) is not None
+        logger.info("replica rendered %d pages of snapshot %d ahead", rendered, index)
+        return rendered
+
     def set_faults(self, faults: Faults) -> None:
         """Replace the fault switches and restart the per-path request counters."""
         regex = re.compile(faults.path_regex) if faults.path_regex else None
@@ -279,8 +305,8 @@ class Replica:
             return cached.head + date + b"\r\n"
         return b"".join((cached.head, date, b"\r\n", cached.page.body))
 
-    def _page(self, index: int, target: str) -> _Cached | None:
-        restamp = self._restamp
+    def _page(self, index: int, target: str, restamp: float | None = None) -> _Cached | None:
+        restamp = self._restamp if restamp is None else restamp
         pages = self._cache.get((index, restamp))
         if pages is None:
             pages = self._cache[(index, restamp)] = {}
@@ -344,6 +370,11 @@ class Replica:
                     return _json_reply(400, {"error": "give ?at=N, ?label=LABEL or ?time=ISO"})
                 self.goto(at)
                 return _json_reply(200, self.state())
+            if path == "/_replica/prerender" and method == "POST":
+                at = params.get("label") or params.get("at")
+                if at is None:
+                    return _json_reply(400, {"error": "give ?at=N or ?label=LABEL"})
+                return _json_reply(200, {"rendered": self.prerender(at, params.get("lang", "ru"))})
             if path == "/_replica/restamp" and method == "POST":
                 self.restamp(float(params.get("seconds", "0")))
                 return _json_reply(200, self.state())
@@ -604,6 +635,10 @@ class ReplicaServer:
     def restamp(self, seconds: float) -> None:
         """Re-stamp every page `seconds` after the snapshot's time (see `Replica.restamp`)."""
         self.replica.restamp(seconds)
+
+    def prerender(self, at: int | str, lang: str = "ru") -> int:
+        """Render ahead the pages of snapshot `at` that differ (see `Replica.prerender`)."""
+        return self.replica.prerender(at, lang)
 
     def set_faults(self, faults: Faults | None = None, **switches: Any) -> Faults:
         """Set fault switches (a Faults or keyword switches); counters restart."""
