@@ -21,7 +21,8 @@ The modes:
   (late automatic counts: 141 of 2,494 precincts, 5.7%, and their parents change).
 
 Each figure is the median of --repeat runs, each from its own empty data directory (the
-incremental ones after an untimed first cycle; a watch runner of its own each time).
+incremental ones after an untimed first cycle; a watch runner of its own each time), the
+runners interleaved.
 Prints the load average beside them, the CPU seconds of the cycle (its worker processes
 included) and those of the replica during the cycle (it shares the machine's cores: after
 a re-stamp it renders every page again).
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 from bench import save_report
 from etl.replica.process import control, replica_process
@@ -161,27 +163,35 @@ def main(argv: list[str] | None = None) -> int:
                      "process a cycle; keys cold, restamp, changed) and `python -m etl watch` "
                      "(a warm process forking a cycle; keys watch_cold, watch_restamp, ...)",
         "warehouse": args.warehouse or "fresh DuckDB file"}
+    runners = args.runner.split(",")
     with replica_process(at="final") as base_url:
-        for runner, mode in [(r, m) for r in args.runner.split(",") for m in args.mode.split(",")]:
-            key = mode if runner == "run" else f"{runner}_{mode}"
-            seconds, summaries, cpu, replica_cpu, loads = [], [], [], [], []
+        for mode in args.mode.split(","):
+            runs: dict[str, dict[str, list[Any]]] = {
+                r: {"seconds": [], "cpu": [], "replica": [], "loads": [], "pages": []}
+                for r in runners}
             for _ in range(args.repeat):
-                elapsed, stdout = one_cycle(base_url, mode, args.warehouse, runner)
-                seconds.append(elapsed)
-                cpu.append(float(stdout.rsplit("\ncpu_seconds ", 1)[1]))
-                replica_cpu.append(float(stdout.rsplit("replica_cpu_seconds ", 1)[1].split()[0]))
-                loads.append(round(os.getloadavg()[0], 2))
-                summaries.append(([line.strip() for line in stdout.splitlines()  # the timed cycle's
-                                   if "division pages:" in line] or [""])[-1])
-                print(f"{key}: {elapsed:.2f}s wall, {cpu[-1]:.1f} CPU-s (replica "
-                      f"{replica_cpu[-1]:.1f})  {summaries[-1]}  (load {loads[-1]:.1f})",
-                      flush=True)
-            median = statistics.median(seconds)
-            report[key] = {"seconds": seconds, "median_seconds": median, "cpu_seconds": cpu,
-                            "median_cpu_seconds": statistics.median(cpu),
-                            "replica_cpu_seconds": replica_cpu, "load_averages": loads,
-                            "target_seconds": TARGETS[mode], "meets_target": median <= TARGETS[mode],
-                            "pages": summaries[0], "load_average": os.getloadavg()}
+                for runner in runners:  # interleaved: the machine's drift hits both alike
+                    key = mode if runner == "run" else f"{runner}_{mode}"
+                    elapsed, stdout = one_cycle(base_url, mode, args.warehouse, runner)
+                    run = runs[runner]
+                    run["seconds"].append(elapsed)
+                    run["cpu"].append(float(stdout.rsplit("\ncpu_seconds ", 1)[1]))
+                    run["replica"].append(
+                        float(stdout.rsplit("replica_cpu_seconds ", 1)[1].split()[0]))
+                    run["loads"].append(round(os.getloadavg()[0], 2))
+                    run["pages"].append(([line.strip() for line in stdout.splitlines()
+                                          if "division pages:" in line] or [""])[-1])  # timed one's
+                    print(f"{key}: {elapsed:.2f}s wall, {run['cpu'][-1]:.1f} CPU-s (replica "
+                          f"{run['replica'][-1]:.1f})  {run['pages'][-1]}  "
+                          f"(load {run['loads'][-1]:.1f})", flush=True)
+            for runner, run in runs.items():
+                median = statistics.median(run["seconds"])
+                report[mode if runner == "run" else f"{runner}_{mode}"] = {
+                    "seconds": run["seconds"], "median_seconds": median,
+                    "cpu_seconds": run["cpu"], "median_cpu_seconds": statistics.median(run["cpu"]),
+                    "replica_cpu_seconds": run["replica"], "load_averages": run["loads"],
+                    "target_seconds": TARGETS[mode], "meets_target": median <= TARGETS[mode],
+                    "pages": run["pages"][0], "load_average": os.getloadavg()}
     save_report("cycle", report)
     print(json.dumps(report, indent=1, ensure_ascii=False))
     return 0
