@@ -142,17 +142,18 @@ def with_reused(parsed: pa.Table, page_cache: PageCache, rows: Sequence[int],
     row of `parsed` (pages parsed this cycle), index `len(parsed) + i` the i-th reused
     page: its records from the cache's row `rows[i]`, its place in this crawl
     (PLACE_COLUMNS: contest, ids, URL, digest and the stamp as ISO 8601 text) from
-    `places[...][i]`. One gather of the records, from either table, not the cache's rows
-    taken and the result taken again in order."""
+    `places[...][i]`.
+
+    The cache's rows are taken first, then put in order with the parsed ones: a take from
+    the parsed pages and the whole cache concatenated would copy the whole cache (Arrow
+    joins a column's chunks before taking), once per contest (kg2021's re-stamp: 37
+    copies of 5,031 pages' records, 0.27 s of the crawl's end; now 0.01 s)."""
     import numpy as np  # not at import: the crawl forks its workers before numpy is needed
 
     index = np.asarray(order, dtype=np.int64)
-    n_parsed = parsed.num_rows
-    reused = index >= n_parsed
-    source = index.copy()
-    source[reused] = n_parsed + np.asarray(rows, dtype=np.int64)[index[reused] - n_parsed]
-    records = pa.concat_tables([parsed.select(RECORD_COLUMNS),
-                                page_cache.records.select(RECORD_COLUMNS)]).take(source)
+    cached = page_cache.records.select(RECORD_COLUMNS).take(np.asarray(rows, dtype=np.int64))
+    # Row `len(parsed) + i` of the two together is the i-th reused page, as `order` says.
+    records = pa.concat_tables([parsed.select(RECORD_COLUMNS), cached]).take(index)
     columns = {name: records.column(name) for name in RECORD_COLUMNS}
     for name in PLACE_COLUMNS:
         columns[name] = pa.chunked_array(
@@ -208,7 +209,9 @@ def read_pages(path: Path, contests: Sequence[str] | None = None) -> PageCache |
             raise ValueError(f"columns {table.schema.names}, not those of this version")
         # Parquet names a list's items `element`, the crawl table `item`: the same type
         # under one name, so cached rows concatenate with freshly parsed ones.
-        table = table.cast(_CACHE_SCHEMA)
+        # One chunk per column (one per row group as read): `with_reused` then takes a
+        # contest's rows without Arrow joining the chunks again on every take.
+        table = table.cast(_CACHE_SCHEMA).combine_chunks()
         children = _children_by_row(table.column("children"))
     except (OSError, ValueError, pa.ArrowException) as exc:
         log.warning("page cache %s unreadable, parsing every page: %s", path, exc)
