@@ -278,7 +278,7 @@ class WatchRunner:
         try:
             change()
             self.cycles += 1
-            done = self._wait_for(re.compile(rf"^cycle {self.cycles}: exit (\d+) in ([\d.]+)s "
+            done = self._wait_for(re.compile(rf"^cycle {self.cycles}: exit (-?\d+) in ([\d.]+)s "
                                              r"\(([\d.]+) CPU-s\)", re.MULTILINE))
         finally:
             memory.stop()
@@ -310,9 +310,10 @@ class WatchRunner:
         """SIGTERM the runner (it stops between polls) and wait for it."""
         self.process.terminate()
         try:
-            self.process.wait(timeout=60)
+            self.process.wait(timeout=600)  # a cycle in progress ends first
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
         self._log.close()
 
 

@@ -1,8 +1,8 @@
-"""Command line: `python -m etl {scrape,validate,run,reprocess,report} …`.
+"""Command line: `python -m etl {scrape,validate,run,watch,reprocess,report} …`.
 
 Exit codes (CONTRACT.md): 0 success / all published, 3 a critical quality failure
 (quarantined), 1 any other error, 2 usage error, 4 (`run`) another cycle of the same
-election is running, so this one did nothing.
+election is running, so this one did nothing. `watch` exits with its last cycle's code.
 """
 
 from __future__ import annotations
@@ -307,11 +307,18 @@ def _print_alerts(sent: list[dict[str, object]]) -> None:
         print(f"  alert [{alert['severity']}] {alert['title']}")
 
 
-def _positive_seconds(text: str) -> float:
+def _poll_seconds(text: str) -> float:
     seconds = float(text)
-    if not 0 < seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{text}: seconds in (0, 3600]")
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: seconds in [0.1, 3600]")
     return seconds
+
+
+def _positive_count(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_portal_args(watch)
     watch.add_argument("--warehouse", default=None,
                        help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
-    watch.add_argument("--interval", type=_positive_seconds, default=5.0,
+    watch.add_argument("--interval", type=_poll_seconds, default=5.0,
                        help="seconds between two polls of the election page (default 5)")
-    watch.add_argument("--cycles", type=int, default=None,
+    watch.add_argument("--cycles", type=_positive_count, default=None,
                        help="stop after this many cycles (default: run until stopped)")
     watch.set_defaults(func=cmd_watch)
 

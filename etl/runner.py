@@ -10,8 +10,9 @@ lock, stages, exit codes, alerts and summary. The child starts with the warm mod
 context (copy on write); its memory, and a crash, end with it.
 
 A cycle that did not complete (exit 1: error or portal unavailable; 4: another cycle held
-the lock) is tried again at a later poll even if the page did not change again, after a
-pause that doubles up to a minute while it keeps failing. The first poll always starts a
+the lock; killed by a signal, e.g. out of memory) is tried again at a later poll even if
+the page did not change again, after a pause that doubles up to a minute while it keeps
+failing. The first poll always starts a
 cycle: the cycle's own change detection decides whether there is anything new.
 
 The runner reads the code and the expectation suites once: restart it after changing them.
@@ -29,14 +30,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
-EXIT_BUSY = 4
-INCOMPLETE = (EXIT_ERROR, EXIT_BUSY)  # exit codes of a cycle to try again
+COMPLETED = (0, 3)  # exit codes of a cycle that ran to its end (3: a contest quarantined)
 MAX_RETRY_PAUSE_S = 60.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,6 @@ class CycleOutcome:
     exit_code: int
     seconds: float
     cpu_seconds: float
-    interrupted: bool = False  # the runner was asked to stop while it ran
 
     def line(self) -> str:
         """The line the runner prints for it (benchmarks and tests read it)."""
@@ -62,14 +62,18 @@ def warm_up() -> float:
     A step that fails is logged: the cycle that needs it then fails loudly in its stage.
     """
     from etl import cycle
+    from etl.pagecache import parser_version
+    from etl.quality.memo import code_versions
 
     started = time.perf_counter()
-    for step in (cycle.warm_imports, cycle.warm_quality_gate):
+    # The digests of the code that reads pages and runs the gate, which tag the page cache
+    # and the gate memo: of the code the cycles run, even if the files change under it.
+    for step in (cycle.warm_imports, cycle.warm_quality_gate, parser_version, code_versions):
         try:
             step()
         except Exception:
             log.exception("warm-up step %s failed; cycles will do it themselves",
-                          step.__name__)
+                          getattr(step, "__name__", step))
     # What the children inherit is never garbage: out of their collector's way, and shared
     # with them rather than copied when a collection would touch it.
     gc.freeze()
@@ -77,89 +81,134 @@ def warm_up() -> float:
 
 
 def run_forked(number: int, cycle: Callable[[], int]) -> CycleOutcome:
-    """Run `cycle` in a forked child; wait for it and return what it did."""
+    """Run `cycle` in a forked child; wait for it and return what it did.
+
+    The stop signals are blocked around the fork, so neither process is interrupted half
+    way through it. The child ignores SIGINT (a Ctrl-C reaches the whole process group:
+    the runner lets the cycle end) and takes SIGTERM's default (a cycle killed is safe:
+    nothing is published half way). A fork that fails counts as a failed cycle.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     started = time.perf_counter()
-    pid = os.fork()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        log.error("cycle %d could not start: fork failed: %s", number, exc)
+        return CycleOutcome(number, EXIT_ERROR, 0.0, 0.0)
     if pid == 0:  # the child: run the cycle, never return into the runner's loop
         code = EXIT_ERROR
         try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             code = cycle()
         except BaseException:
             log.exception("cycle %d failed", number)
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    interrupted = False
-    while True:
-        try:
-            _, status, usage = os.wait4(pid, 0)
-            break
-        except KeyboardInterrupt:
-            # The runner is asked to stop: the cycle in progress ends first (it holds the
-            # election's lock and may be publishing).
-            log.warning("stopping after cycle %d (process %d) ends", number, pid)
-            interrupted = True
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _, status, usage = os.wait4(pid, 0)  # a stop signal only sets the runner's flag
     return CycleOutcome(number, os.waitstatus_to_exitcode(status),
                         round(time.perf_counter() - started, 3),
-                        round(usage.ru_utime + usage.ru_stime, 3), interrupted)
+                        round(usage.ru_utime + usage.ru_stime, 3))
 
 
-def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+def retry_pause(interval: float, failures: int) -> float:
+    """Seconds before trying again after `failures` incomplete cycles in a row."""
+    return min(MAX_RETRY_PAUSE_S, interval * 2.0 ** min(failures - 1, 16))
 
 
-def watch_and_run(args: argparse.Namespace, cycle: Callable[[], int]) -> int:
+def watch_and_run(args: argparse.Namespace, cycle: Callable[[], int],
+                  warm: Callable[[], float] = warm_up) -> int:
     """Poll every `args.interval` seconds; run `cycle` in a child when the portal changed.
 
-    Runs until interrupted (SIGINT, SIGTERM: after the cycle in progress), or, with
-    `args.cycles`, after that many cycles; returns the last cycle's exit code (0 if none).
+    Runs until SIGINT or SIGTERM (after the cycle in progress, or at once between two
+    polls), or, with `args.cycles`, after that many cycles; returns the last cycle's exit
+    code (0 if none; 1 if it was killed by a signal).
     """
-    import httpx
-
     from etl import config
     from etl.crawl import election_path
     from etl.fetch import absolute_url
     from etl.watch import ElectionPageWatch
 
-    signal.signal(signal.SIGTERM, _stop_on_signal)
+    stop = _StopFlag()
+    previous = {number: signal.signal(number, stop.handler) for number in STOP_SIGNALS}
     httpx_log = logging.getLogger("httpx")
     if httpx_log.level == logging.NOTSET:
         httpx_log.setLevel(logging.WARNING)  # a line per poll otherwise
-    log.info("warm-up: imports and the GX context ready in %.2fs", warm_up())
-    url = absolute_url(args.portal or config.portal_url(),
-                       election_path(args.lang or config.portal_lang(), args.election))
-    watch = ElectionPageWatch(url)
-    loop = asyncio.new_event_loop()
-    client = httpx.AsyncClient(timeout=10.0, follow_redirects=True,
-                               headers={"User-Agent": config.USER_AGENT})
+    outcome: CycleOutcome | None = None
+    watch: ElectionPageWatch | None = None
+    try:
+        log.info("warm-up: imports and the GX context ready in %.2fs", warm())
+        url = absolute_url(args.portal or config.portal_url(),
+                           election_path(args.lang or config.portal_lang(), args.election))
+        watch = ElectionPageWatch(url)
+        outcome = _poll_and_fork(args, cycle, watch, stop)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if stop.requested:
+        log.info("stopped by a signal")
+    if watch is not None:
+        print(f"watched {watch.url}: {watch.polls} polls ({watch.not_modified} not modified, "
+              f"{watch.failed} failed), {outcome.number if outcome else 0} cycles", flush=True)
+    if outcome is None:
+        return 0
+    return outcome.exit_code if outcome.exit_code >= 0 else EXIT_ERROR
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM. A flag, not a `threading.Event`: a handler runs between two
+    bytecodes of the main thread, which may hold the Event's lock then."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handler(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep `seconds`, or less once a stop is requested."""
+        end = time.monotonic() + seconds
+        while not self.requested and (left := end - time.monotonic()) > 0:
+            time.sleep(min(0.1, left))
+
+
+def _poll_and_fork(args: argparse.Namespace, cycle: Callable[[], int], watch: Any,
+                   stop: _StopFlag) -> CycleOutcome | None:
+    import httpx
+
+    from etl import config
+
     outcome: CycleOutcome | None = None
     failures = 0
     retry_at: float | None = None
+    loop = asyncio.new_event_loop()
+    client = httpx.AsyncClient(timeout=10.0, follow_redirects=True,
+                               headers={"User-Agent": config.USER_AGENT})
     try:
-        while args.cycles is None or (outcome.number if outcome else 0) < args.cycles:
+        while not stop.requested and (args.cycles is None or
+                                     (outcome.number if outcome else 0) < args.cycles):
             change = loop.run_until_complete(watch.poll(client))
             due = retry_at is not None and time.monotonic() >= retry_at
             if change is not None or due:
                 outcome = run_forked(outcome.number + 1 if outcome else 1, cycle)
                 print(outcome.line(), flush=True)
-                if outcome.interrupted:
-                    break
-                failures = failures + 1 if outcome.exit_code in INCOMPLETE else 0
-                retry_at = (time.monotonic() + min(MAX_RETRY_PAUSE_S,
-                                                   args.interval * 2 ** (failures - 1))
+                # Not completed (an error, the election busy, killed): try again later even
+                # if the portal does not change again.
+                failures = 0 if outcome.exit_code in COMPLETED else failures + 1
+                retry_at = (time.monotonic() + retry_pause(args.interval, failures)
                             if failures else None)
                 continue
-            time.sleep(watch.delay(args.interval))
-    except KeyboardInterrupt:
-        log.info("stopped")
+            stop.sleep(watch.delay(args.interval))
     finally:
         loop.run_until_complete(client.aclose())
         loop.close()
-    print(f"watched {url}: {watch.polls} polls ({watch.not_modified} not modified, "
-          f"{watch.failed} failed), {outcome.number if outcome else 0} cycles", flush=True)
-    return outcome.exit_code if outcome and outcome.exit_code >= 0 else (
-        EXIT_ERROR if outcome else 0)
+    return outcome

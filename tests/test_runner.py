@@ -3,6 +3,8 @@ replica and a real DuckDB file."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 import signal
 import subprocess
@@ -14,11 +16,13 @@ import pytest
 from etl_process import etl_env, start_etl
 
 from etl.replica import ReplicaServer
+from etl.runner import MAX_RETRY_PAUSE_S, retry_pause, watch_and_run
 from etl.warehouse.backends import connect
 
 CONTESTS = ("--contest", "list", "--contest", "okrug-3")
-CYCLE_LINE = re.compile(r"^cycle (\d+): exit (-?\d+) in [\d.]+s \([\d.]+ CPU-s\)$")
-SUMMARY = re.compile(r"^watched \S+: (\d+) polls \((\d+) not modified, (\d+) failed\), (\d+) cycles$")
+CYCLE_LINE = re.compile(r"^cycle (\d+): exit (-?\d+) in [\d.]+s \([\d.]+ CPU-s\)$", re.MULTILINE)
+SUMMARY = re.compile(r"^watched \S+: (\d+) polls \((\d+) not modified, (\d+) failed\), (\d+) cycles$",
+                     re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -27,50 +31,48 @@ def replica() -> Iterator[ReplicaServer]:
         yield server
 
 
-def start_watch(replica: ReplicaServer, data: Path, *args: str) -> subprocess.Popen[str]:
-    log = (data.parent / "watch.log").open("w")
-    return start_etl("watch", "--portal", replica.base_url, "--election", "jk2021", *CONTESTS,
-                     "--interval", "0.2", *args, env=etl_env(data), stdout=subprocess.PIPE,
-                     stderr=log)
+def start_watch(replica: ReplicaServer, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """`etl watch` with its stdout in tmp_path/watch.out and its log in tmp_path/watch.log."""
+    with (tmp_path / "watch.out").open("w") as out, (tmp_path / "watch.log").open("w") as log:
+        return start_etl("watch", "--portal", replica.base_url, "--election", "jk2021",
+                         *CONTESTS, "--interval", "0.2", *args, env=etl_env(tmp_path / "data"),
+                         stdout=out, stderr=log, start_new_session=True)
 
 
-def cycle_lines(runner: subprocess.Popen[str], until: int, lines: list[str]) -> list[re.Match[str]]:
-    """Read the runner's stdout into `lines` until its cycle `until` is reported."""
-    assert runner.stdout is not None
-    for line in runner.stdout:
-        lines.append(line.rstrip("\n"))
-        done = CYCLE_LINE.match(lines[-1])
-        if done and int(done[1]) == until:
-            break
-    return [m for m in map(CYCLE_LINE.match, lines) if m]
+def wait_for(path: Path, pattern: str, count: int = 1, timeout: float = 120) -> str:
+    """The file's text once `pattern` occurs `count` times in it (AssertionError after
+    `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text()
+        if len(re.findall(pattern, text, re.MULTILINE)) >= count:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} ×{count} not in {path} within {timeout}s:\n{text[-3000:]}")
 
 
-def test_watch_runs_a_cycle_per_portal_change_with_the_gx_context_built_once_until_stopped(
+def test_watch_runs_a_cycle_per_change_with_the_gx_context_built_once_and_stops_after_it(
         replica: ReplicaServer, tmp_path: Path) -> None:
     replica.goto("counting-4")
     warehouse = f"duckdb:///{tmp_path}/warehouse.duckdb"
-    runner = start_watch(replica, tmp_path / "data", "--warehouse", warehouse)
-    lines: list[str] = []
+    runner = start_watch(replica, tmp_path, "--warehouse", warehouse)
     try:
-        [first] = cycle_lines(runner, 1, lines)
-        assert first[2] == "0", "\n".join(lines)
+        wait_for(tmp_path / "watch.out", r"^cycle 1: exit 0 ")
         time.sleep(1.2)  # ~6 polls of an unchanged portal: no cycle
         replica.goto("counting-5")
-        cycles = cycle_lines(runner, 2, lines)
-        runner.send_signal(signal.SIGTERM)  # stops between two polls: a summary, exit 0
-        # Not communicate(timeout=…): it reads the pipe past what the text wrapper buffered.
-        assert runner.stdout is not None
-        out = runner.stdout.read()
-        runner.wait(timeout=60)
+        # Ctrl-C (SIGINT to the whole process group) while cycle 2 runs: the cycle ignores
+        # it, the runner lets the cycle end, then stops.
+        wait_for(tmp_path / "watch.log", r"portal changed \(fingerprint", count=2)
+        os.killpg(runner.pid, signal.SIGINT)
+        assert runner.wait(timeout=120) == 0
     finally:
         runner.kill()
-    lines += out.splitlines()
-    assert runner.returncode == 0, "\n".join(lines)
-    assert [m[2] for m in cycles] == ["0", "0"]
+    out = (tmp_path / "watch.out").read_text()
+    assert [m[2] for m in CYCLE_LINE.finditer(out)] == ["0", "0"], out
     # Each cycle printed `etl run`'s summary; the polls in between cost no cycle.
-    assert sum("published: 2 contests: list, okrug-3" in line for line in lines) == 2
-    [summary] = [m for m in map(SUMMARY.match, lines) if m]
-    polls, not_modified, failed, count = map(int, summary.groups())
+    assert out.count("published: 2 contests: list, okrug-3") == 2
+    [summary] = SUMMARY.findall(out)
+    polls, not_modified, failed, count = map(int, summary)
     assert count == 2 and failed == 0 and not_modified >= 3 and polls >= count + not_modified
     with connect(warehouse) as db:
         assert db.query("SELECT count(*) FROM snapshots") == [(2,)]
@@ -80,6 +82,7 @@ def test_watch_runs_a_cycle_per_portal_change_with_the_gx_context_built_once_unt
     assert len(re.findall(r"[1-9]\d* validated by GX", log)) == 2, log[-3000:]
     assert log.count("GX ephemeral context with") == 1
     assert log.index("GX ephemeral context with") < log.index("portal changed")
+    assert "stopped by a signal" in log
 
 
 def test_watch_tries_a_failed_cycle_again_without_a_portal_change(
@@ -87,13 +90,45 @@ def test_watch_tries_a_failed_cycle_again_without_a_portal_change(
     replica.goto("counting-4")
     not_a_directory = tmp_path / "raw-archive-file"
     not_a_directory.write_text("a file where the raw archive should be")
-    runner = start_watch(replica, tmp_path / "data", "--raw-dir", str(not_a_directory),
+    runner = start_watch(replica, tmp_path, "--raw-dir", str(not_a_directory),
                          "--warehouse", f"duckdb:///{tmp_path}/warehouse.duckdb", "--cycles", "2")
-    out, _ = runner.communicate(timeout=120)
-    lines = out.splitlines()
+    try:
+        code = runner.wait(timeout=120)
+    finally:
+        runner.kill()
+    out = (tmp_path / "watch.out").read_text()
     # The archive cannot be written: each cycle exits 1 at detection, publishes nothing, and
     # the runner tries again (the portal did not change in between), then exits 1.
-    assert [m[2] for m in map(CYCLE_LINE.match, lines) if m] == ["1", "1"], out
-    assert runner.returncode == 1
+    assert [m[2] for m in CYCLE_LINE.finditer(out)] == ["1", "1"], out
+    assert code == 1
     assert not (tmp_path / "warehouse.duckdb").exists()
     assert "raw-archive-file" in (tmp_path / "watch.log").read_text()
+
+
+def test_a_cycle_killed_by_a_signal_is_tried_again(replica: ReplicaServer, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process, with a cycle that kills itself the first time (as the OOM killer
+    would) and the runner's warm-up left out: the retry is the runner's, not the cycle's."""
+    calls = tmp_path / "calls"
+
+    def cycle() -> int:
+        with calls.open("a") as file:
+            file.write("x")
+        if calls.read_text() == "x":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    args = argparse.Namespace(portal=replica.base_url, lang=None, election="jk2021",
+                              interval=0.1, cycles=2)
+    assert watch_and_run(args, cycle, warm=lambda: 0.0) == 0
+    out = capsys.readouterr().out
+    assert [m[2] for m in CYCLE_LINE.finditer(out)] == [f"-{signal.SIGKILL.value}", "0"], out
+    assert calls.read_text() == "xx"
+    # The handlers the runner set for SIGINT/SIGTERM are put back.
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_the_pause_before_a_retry_doubles_up_to_a_minute() -> None:
+    assert [retry_pause(0.5, n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert retry_pause(5.0, 5) == MAX_RETRY_PAUSE_S == 60.0
+    assert retry_pause(5.0, 5_000) == MAX_RETRY_PAUSE_S  # a night of failures: no overflow

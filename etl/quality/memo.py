@@ -45,7 +45,7 @@ MEMO_FORMAT = "cec-gate-memo/1"
 
 
 @cache
-def _versions() -> str:
+def code_versions() -> str:
     """GX's version and a digest of the code between GX and an outcome (this module and
     `suites.py`, which makes the batch GX sees and reads its results): a change to either
     makes every remembered outcome a miss."""
@@ -172,7 +172,7 @@ class GateMemo:
         rows = batch_digest(batch, uniqueness_key_columns(suite_body))
         if rows is None:
             return None
-        settings = json.dumps([MEMO_FORMAT, _versions(), RESULT_FORMAT, suite_body, parameters],
+        settings = json.dumps([MEMO_FORMAT, code_versions(), RESULT_FORMAT, suite_body, parameters],
                               sort_keys=True, default=str)
         return hashlib.sha256(f"{settings}\n{rows}".encode()).hexdigest()
 

@@ -8,6 +8,7 @@ under `/_replica/` move through the timeline and switch faults; they are never f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -186,7 +187,7 @@ class Replica:
     def prerender(self, at: int | str, lang: str = "ru") -> int:
         """Render into the page cache the division pages (and election pages) of snapshot
         `at` in `lang` that differ from the snapshot served now, without moving the
-        timeline; the number rendered.
+        timeline; how many it rendered or found rendered.
 
         For benchmarks: a real portal renders its pages on its own machines, the replica on
         the cores of the pipeline it serves. After `goto(at)`, a timed cycle finds them
@@ -637,8 +638,20 @@ class ReplicaServer:
         self.replica.restamp(seconds)
 
     def prerender(self, at: int | str, lang: str = "ru") -> int:
-        """Render ahead the pages of snapshot `at` that differ (see `Replica.prerender`)."""
-        return self.replica.prerender(at, lang)
+        """Render ahead the pages of snapshot `at` that differ (see `Replica.prerender`), on
+        the server's thread: the page cache is that thread's."""
+        if self._loop is None:
+            return self.replica.prerender(at, lang)
+        done: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(self.replica.prerender(at, lang))
+            except BaseException as exc:  # raised in the calling thread
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return done.result()
 
     def set_faults(self, faults: Faults | None = None, **switches: Any) -> Faults:
         """Set fault switches (a Faults or keyword switches); counters restart."""
