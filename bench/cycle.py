@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -45,10 +44,9 @@ from typing import Any
 
 from bench import save_report
 from etl.replica.process import control, replica_process
+from etl.runner import CYCLE_LINE
 
 TARGETS = {"cold": 5.0, "restamp": 1.5, "changed": 2.0}
-# What `etl watch` prints after each cycle (etl.runner.CycleOutcome.line).
-CYCLE_LINE = re.compile(r"^cycle (\d+): exit (-?\d+) in ([\d.]+)s \(([\d.]+) CPU-s\)")
 
 
 def children_cpu_seconds() -> float:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from bench import save_report
 from etl.replica.process import control, replica_process
+from etl.runner import CYCLE_LINE
 
 ELECTION = "synth2030"
 ELECTIONS_DIR = Path(__file__).resolve().parent / "elections"
@@ -72,6 +73,7 @@ STAGE_ENDS = (
     ("load", re.compile(r"etl\.warehouse\.load: snapshot \S+ (loaded into|is already in)")),
 )
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_CYCLE_LOGGED = re.compile(r"etl\.runner: cycle \d+: exit")  # when `etl watch`'s cycle ended
 
 
 class TreeMemory:
@@ -118,14 +120,15 @@ class TreeMemory:
         self._thread.join(timeout=5)
 
 
-def _stage_ends(log_text: str) -> dict[str, float]:
+def _stage_ends(log_text: str, stage_ends: Sequence[tuple[str, re.Pattern[str]]] = STAGE_ENDS
+                ) -> dict[str, float]:
     """Epoch seconds at which each stage ended, from its log line's timestamp."""
     ends: dict[str, float] = {}
     for line in log_text.splitlines():
         stamp = LOG_TIME.match(line)
         if stamp is None:
             continue
-        for stage, pattern in STAGE_ENDS:
+        for stage, pattern in stage_ends:
             if stage not in ends and pattern.search(line):
                 ends[stage] = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return ends
@@ -167,10 +170,14 @@ def _snapshot_figures(data_dir: Path, log_text: str) -> dict[str, Any]:
             "rows": rows}
 
 
-def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str]) -> dict[str, Any]:
-    """One `python -m etl run` in a new process, measured."""
+def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str],
+              runner: str = "run") -> dict[str, Any]:
+    """One cycle, measured: `python -m etl run` in a new process, or (`runner` "watch") a
+    new `python -m etl watch --cycles 1`, whose first poll starts the cycle after its
+    warm-up; its wall and CPU seconds are then the cycle's as the runner prints them (fork
+    to exit), the memory that of its whole tree (the warm process included)."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f"etl-run-{time.time_ns()}.log"  # kept after the run, for a look
+    log_path = LOG_DIR / f"etl-{runner}-{time.time_ns()}.log"  # kept after the run, for a look
     replica = psutil.Process(replica_pid)
     replica_cpu = sum(replica.cpu_times()[:2])
     # CPU of `etl run` and every worker it reaped (they are all reaped when it exits):
@@ -178,8 +185,9 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()
     started = time.time()
+    options = ["--interval", "0.5", "--cycles", "1"] if runner == "watch" else []
     with log_path.open("w", encoding="utf-8") as log_file:
-        process = subprocess.Popen(_etl_command("run", base_url, data_dir, extra),
+        process = subprocess.Popen(_etl_command(runner, base_url, data_dir, [*options, *extra]),
                                    env=_etl_env(data_dir), stdout=log_file,
                                    stderr=subprocess.STDOUT)
         memory = TreeMemory(process.pid)
@@ -196,23 +204,14 @@ def run_cycle(base_url: str, data_dir: Path, replica_pid: int, extra: list[str])
     log_text = log_path.read_text(encoding="utf-8")
     if code != 0:
         print(log_text[-4000:], file=sys.stderr)
-        raise RuntimeError(f"etl run exited with {code}; log: {log_path}")
+        raise RuntimeError(f"etl {runner} exited with {code}; log: {log_path}")
+    if runner == "watch":  # the cycle's figures, not the runner's warm-up and exit
+        [cycle] = CYCLE_LINE.findall(log_text)
+        ended = _stage_ends(log_text, [("cycle", _CYCLE_LOGGED)])["cycle"]
+        started, cpu_seconds = ended - float(cycle[2]), float(cycle[3])
     return _cycle_figures(data_dir, log_text, started, ended, cpu_seconds, memory,
                           sum(replica.cpu_times()[:2]) - replica_cpu, load_before) | {
-        "log": str(log_path)}
-
-
-def incremental_cycle(runner: str, base_url: str, data_dir: Path, replica_pid: int,
-                      extra: list[str]) -> dict[str, Any]:
-    """One incremental cycle by `etl run`, or by a new `etl watch` runner (its first poll
-    starts the cycle, after its warm-up; then it is stopped)."""
-    if runner == "run":
-        return run_cycle(base_url, data_dir, replica_pid, extra)
-    watch = WatchRunner(base_url, data_dir, replica_pid, extra)
-    try:
-        return watch.cycle()
-    finally:
-        watch.stop()
+        "log": str(log_path), "runner": f"etl {runner}"}
 
 
 def _etl_command(command: str, base_url: str, data_dir: Path, extra: list[str]) -> list[str]:
@@ -249,72 +248,6 @@ def _cycle_figures(data_dir: Path, log_text: str, started: float, ended: float,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-class WatchRunner:
-    """`python -m etl watch` against the replica: one warm process, a forked cycle per change.
-
-    `cycle(change)` calls `change` (which moves the portal; nothing for the first cycle),
-    waits for the runner's next cycle and measures it as `run_cycle` measures `etl run`:
-    the memory of the runner's whole tree (the warm process and the cycle's), the cycle's
-    wall and CPU seconds as the runner prints them (fork to exit), its stages from its log.
-    """
-
-    def __init__(self, base_url: str, data_dir: Path, replica_pid: int, extra: list[str]) -> None:
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"etl-watch-{time.time_ns()}.log"
-        self.data_dir, self.replica = data_dir, psutil.Process(replica_pid)
-        self._log = self.log_path.open("w", encoding="utf-8")
-        self.process = subprocess.Popen(
-            _etl_command("watch", base_url, data_dir, ["--interval", "0.5", *extra]),
-            env=_etl_env(data_dir), stdout=self._log, stderr=subprocess.STDOUT)
-        self.cycles = 0
-
-    def cycle(self, change: Callable[[], object] = lambda: None) -> dict[str, Any]:
-        """Move the portal, wait for the runner's next cycle, measure it."""
-        offset = self.log_path.stat().st_size
-        replica_cpu, load_before = sum(self.replica.cpu_times()[:2]), os.getloadavg()
-        memory = TreeMemory(self.process.pid)
-        try:
-            change()
-            self.cycles += 1
-            done = self._wait_for(re.compile(rf"^cycle {self.cycles}: exit (-?\d+) in ([\d.]+)s "
-                                             r"\(([\d.]+) CPU-s\)", re.MULTILINE))
-        finally:
-            memory.stop()
-        ended = time.time()
-        with self.log_path.open(encoding="utf-8") as log:
-            log.seek(offset)
-            log_text = log.read()
-        if done[1] != "0":
-            print(log_text[-4000:], file=sys.stderr)
-            raise RuntimeError(f"cycle {self.cycles} exited {done[1]}; log: {self.log_path}")
-        return _cycle_figures(self.data_dir, log_text, ended - float(done[2]), ended,
-                              float(done[3]), memory,
-                              sum(self.replica.cpu_times()[:2]) - replica_cpu, load_before) | {
-            "log": str(self.log_path), "runner": "etl watch (fork to exit)"}
-
-    def _wait_for(self, pattern: re.Pattern[str]) -> re.Match[str]:
-        deadline = time.monotonic() + CYCLE_DEADLINE_SECONDS
-        while time.monotonic() < deadline:
-            found = pattern.search(self.log_path.read_text(encoding="utf-8"))
-            if found:
-                return found
-            if self.process.poll() is not None:
-                raise RuntimeError(f"etl watch exited {self.process.returncode}; log: "
-                                   f"{self.log_path}")
-            time.sleep(0.1)
-        raise TimeoutError(f"no cycle {self.cycles} within {CYCLE_DEADLINE_SECONDS:g}s")
-
-    def stop(self) -> None:
-        """SIGTERM the runner (it stops between polls) and wait for it."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=600)  # a cycle in progress ends first
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             for runner in runners:  # interleaved: the machine's drift hits both alike
                 shutil.rmtree(data_dir)
                 shutil.copytree(after_cold, data_dir)
-                runs[runner].append(incremental_cycle(runner, base_url, data_dir, replica_pid,
-                                                      extra))
+                runs[runner].append(run_cycle(base_url, data_dir, replica_pid, extra, runner))
                 print(f"incremental ({runner}): {runs[runner][-1]['seconds']:.2f}s", flush=True)
         for runner, figures in runs.items():
             ranked = sorted(figures, key=lambda figure: figure["seconds"])

@@ -25,6 +25,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -38,6 +39,11 @@ EXIT_ERROR = 1
 COMPLETED = (0, 3)  # exit codes of a cycle that ran to its end (3: a contest quarantined)
 MAX_RETRY_PAUSE_S = 60.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+# The line `CycleOutcome.line` prints: number, exit code, seconds, CPU seconds.
+CYCLE_LINE = re.compile(r"^cycle (\d+): exit (-?\d+) in ([\d.]+)s \(([\d.]+) CPU-s\)$",
+                        re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,7 @@ def _poll_and_fork(args: argparse.Namespace, cycle: Callable[[], int], watch: An
             due = retry_at is not None and time.monotonic() >= retry_at
             if change is not None or due:
                 outcome = run_forked(outcome.number + 1 if outcome else 1, cycle)
+                log.info("%s", outcome.line())  # with its time, in the log
                 print(outcome.line(), flush=True)
                 # Not completed (an error, the election busy, killed): try again later even
                 # if the portal does not change again.
