@@ -42,6 +42,11 @@ def _add_portal_args(parser: argparse.ArgumentParser) -> None:
                         help="crawl processes (default $CEC_CRAWL_PROCESSES or CPU count)")
 
 
+def _add_warehouse_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--warehouse", default=None,
+                        help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
+
+
 def cmd_scrape(args: argparse.Namespace) -> int:
     """Scrape the portal into a snapshot directory and print a summary."""
     from etl.archive import ArchiveWriteError
@@ -340,15 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one full cycle: scrape, validate, load, alert")
     _add_portal_args(run)
-    run.add_argument("--warehouse", default=None,
-                     help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
+    _add_warehouse_arg(run)
     run.set_defaults(func=cmd_run)
 
     watch = sub.add_parser("watch", help="a cycle as `run` does each time the portal changes, "
                                          "from one warm process")
     _add_portal_args(watch)
-    watch.add_argument("--warehouse", default=None,
-                       help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
+    _add_warehouse_arg(watch)
     watch.add_argument("--interval", type=_poll_seconds, default=5.0,
                        help="seconds between two polls of the election page (default 5)")
     watch.add_argument("--cycles", type=_positive_count, default=None,
@@ -366,8 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--snapshot", default=None, help="(re)build this snapshot's page too")
     report.add_argument("--out", type=Path, default=None,
                         help="site directory (default <report dir>/<election>)")
-    report.add_argument("--warehouse", default=None,
-                        help="duckdb:///path or postgresql://… (default $CEC_WAREHOUSE_URL)")
+    _add_warehouse_arg(report)
     report.set_defaults(func=cmd_report)
     return parser
 
