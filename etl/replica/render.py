@@ -306,6 +306,11 @@ class PortalRenderer:
         out.append("</ul>\n</body></html>\n")
         return "".join(out)
 
+    def division_page_path(self, lang: str, contest: Contest, division_id: str) -> str:
+        """The path of a division's page: the contest's own for its root division."""
+        base = f"/{lang}/results/{self.scenario.election_id}/{contest.contest_id}/"
+        return base if division_id == contest.root_id else f"{base}{division_id}/"
+
     def _division(
         self, snapshot: Snapshot, lang: str, contest: Contest, division_id: str
     ) -> str:
@@ -320,7 +325,7 @@ class PortalRenderer:
 
         out.append('<nav class="breadcrumb">\n')
         for ancestor in contest.division_path(division_id)[:-1]:
-            href = base if ancestor.division_id == contest.root_id else f"{base}{ancestor.division_id}/"
+            href = self.division_page_path(lang, contest, ancestor.division_id)
             out.append(f'  <a href="{href}">{escape(_name(ancestor, lang))}</a> /\n')
         out.append(f"  <span>{escape(name)}</span>\n</nav>\n")
         out.append(

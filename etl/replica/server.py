@@ -198,8 +198,7 @@ class Replica:
         election = self.scenario.election_id
         targets = [f"/{lang}/results/", f"/{lang}/results/{election}/"]
         for contest in self.scenario.contests.values():
-            root = f"/{lang}/results/{election}/{contest.contest_id}/"
-            targets += [root if division_id == contest.root_id else f"{root}{division_id}/"
+            targets += [self.renderer.division_page_path(lang, contest, division_id)
                         for division_id in contest.divisions]
         rendered = 0
         for target in targets:
