@@ -12,8 +12,8 @@ context (copy on write); its memory, and a crash, end with it.
 A cycle that did not complete (exit 1: error or portal unavailable; 4: another cycle held
 the lock; killed by a signal, e.g. out of memory) is tried again at a later poll even if
 the page did not change again, after a pause that doubles up to a minute while it keeps
-failing. The first poll always starts a
-cycle: the cycle's own change detection decides whether there is anything new.
+failing. The first poll always starts a cycle: the cycle's own change detection decides
+whether there is anything new.
 
 The runner reads the code and the expectation suites once: restart it after changing them.
 """
@@ -31,11 +31,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from etl.watch import ElectionPageWatch
 
 log = logging.getLogger(__name__)
 
-EXIT_ERROR = 1
+EXIT_ERROR = 1  # as `etl.__main__`'s (not imported: it is the running `__main__`)
 COMPLETED = (0, 3)  # exit codes of a cycle that ran to its end (3: a contest quarantined)
 MAX_RETRY_PAUSE_S = 60.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -187,8 +190,8 @@ class _StopFlag:
             time.sleep(min(0.1, left))
 
 
-def _poll_and_fork(args: argparse.Namespace, cycle: Callable[[], int], watch: Any,
-                   stop: _StopFlag) -> CycleOutcome | None:
+def _poll_and_fork(args: argparse.Namespace, cycle: Callable[[], int],
+                   watch: ElectionPageWatch, stop: _StopFlag) -> CycleOutcome | None:
     import httpx
 
     from etl import config
