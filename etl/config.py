@@ -84,6 +84,27 @@ def crawl_processes(shares: int = 1) -> int:
     return max(1, total // max(1, shares))
 
 
+# Below this many result lines the quality gate's second process costs more (its fork,
+# the findings' way back) than it saves; above `CEC_GATE_PARALLEL_MAX_ROWS` the two
+# processes' derived frames would sit side by side under the gate's memory peak.
+GATE_PARALLEL_MIN_ROWS = 10_000
+
+
+def gate_processes(result_rows: int) -> int:
+    """Processes the quality gate spreads its suites over for a snapshot of `result_rows`.
+
+    `CEC_GATE_PROCESSES` (default: 2 on a machine with two or more cores) when the snapshot
+    has between `GATE_PARALLEL_MIN_ROWS` and `CEC_GATE_PARALLEL_MAX_ROWS` (default 500,000)
+    result lines, else 1. Once the crawl is over the cycle runs on one core; the gate
+    derives and validates a dozen independent frames, half of them in a forked child.
+    """
+    wanted = int(env("CEC_GATE_PROCESSES", str(min(2, os.cpu_count() or 1))))
+    largest = int(env("CEC_GATE_PARALLEL_MAX_ROWS", "500000"))
+    if not GATE_PARALLEL_MIN_ROWS <= result_rows <= largest:
+        return 1
+    return max(1, wanted)
+
+
 def request_timeout() -> float:
     """Seconds to wait for a response before retrying (`CEC_TIMEOUT`, default 10)."""
     return float(env("CEC_TIMEOUT", "10"))

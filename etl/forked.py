@@ -68,6 +68,13 @@ class ForkedTask(Generic[T]):
             raise value
         return value
 
+    def cancel(self) -> None:
+        """Kill the child if it still runs (its result is not wanted any more)."""
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._receive.close()
+
 
 def _run(task: Callable[[], object], send: Connection, parent: int) -> None:
     die_with_parent(parent)

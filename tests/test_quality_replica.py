@@ -6,6 +6,8 @@ scraped by `etl.scrape` into a snapshot directory and validated like in producti
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
+from etl import config
 from etl.normalise import read_snapshot_frames, read_snapshot_meta
 from etl.quality import ValidationOutcome, run_checks, validate_snapshot
 from etl.quality.memo import GateMemo
@@ -166,6 +169,32 @@ def test_the_gate_memo_answers_exactly_as_great_expectations(
     assert remembered.misses == 0 and remembered.hits == filling.misses
     if label == "formula-error":  # failures too come back exactly (C1, C4 at the root)
         assert not by_gx["success"].all()
+
+
+@pytest.mark.parametrize(("label", "previous"), [*MEMO_CASES, ("final", "duplicate-candidate")])
+def test_the_gate_over_two_processes_answers_exactly_as_one(
+    timeline: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, label: str, previous: str | None,
+) -> None:
+    """Suites checked by a forked second process (`CEC_GATE_PROCESSES`): their findings
+    and what GX told them come back, in the order one process would give them."""
+    monkeypatch.setattr(config, "GATE_PARALLEL_MIN_ROWS", 0)  # the okrugs' small ones too
+    monkeypatch.setenv("CEC_GATE_PROCESSES", "1")
+    alone = checked(timeline, label, previous)
+    monkeypatch.setenv("CEC_GATE_PROCESSES", "2")
+    filling = GateMemo(tmp_path / "memo.json")
+    with caplog.at_level(logging.INFO, logger="etl.quality.gate"):
+        assert_frame_equal(checked(timeline, label, previous, filling), alone)
+    spread = re.search(r"(\d+) suites in 2 processes \((\d+) by the forked ones\)", caplog.text)
+    assert spread is not None and 0 < int(spread[2]) < int(spread[1])
+    if label == "formula-error":  # failures found by either process (C1, C4 at the root)
+        assert not alone["success"].all()
+    # What the second process learnt from GX is in the memo too: all of it is answered
+    # from there next time.
+    filling.save()
+    remembered = GateMemo.load(tmp_path / "memo.json")
+    assert_frame_equal(checked(timeline, label, previous, remembered), alone)
+    assert filling.hits == 0 and remembered.misses == 0 and remembered.hits == filling.misses
 
 
 def test_a_re_stamped_snapshot_is_answered_from_the_memo_under_its_new_id(

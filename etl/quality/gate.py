@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,8 @@ from etl.normalise import (
 from etl.quality import derive
 from etl.quality.catalog import CHECKS, CHECKS_BY_ID, QualityConfig
 from etl.quality.findings import FINDING_COLUMNS, DivisionNames, failure_rows, summary_rows
-from etl.quality.memo import GateMemo
-from etl.quality.suites import EXPECTATIONS_DIR, SuiteError, suite_runner
+from etl.quality.memo import GateMemo, MemoPart
+from etl.quality.suites import EXPECTATIONS_DIR, SuiteError, SuiteRunner, suite_runner
 
 log = logging.getLogger(__name__)
 
@@ -94,38 +94,25 @@ def run_checks(
     _check_suites_complete(runner.specs, expectations_dir)
     names = DivisionNames.from_divisions(divisions)
     parameters = settings.suite_parameters()
-    checked: dict[tuple[str, str], int] = {}
-    found: list[pd.DataFrame] = []
-    for suite, frame, compared in derived_frames(
+    makers = frame_makers(
         keyed, snapshot_meta, settings,
         leave_out_unchanged=_unchanged_values_pass(runner.specs.get("revisions")),
         leave_out_still=_still_shares_pass(runner.specs.get("swings"), parameters),
-    ):
-        # What a suite checked: its frame's rows, or the comparisons a pruned frame
-        # stands for (`compared`); an empty frame that stands for nothing checked nothing.
-        per_contest = compared
-        if per_contest is None:
-            per_contest = derive.counts_per_contest(frame["contest_id"])
-        if len(frame) or any(per_contest.values()):
-            for check_id in dict.fromkeys(runner.check_ids(suite)):
-                for contest, n in per_contest.items():
-                    key = (check_id, str(contest))
-                    checked[key] = checked.get(key, 0) + int(n)
-        reported: dict[str, set[int]] = {}
-        for outcome in runner.run(suite, frame, parameters, memo):
-            rows = list(outcome.failing_rows)
-            if CHECKS_BY_ID[outcome.check_id].one_failure_per_row:
-                seen = reported.setdefault(outcome.check_id, set())
-                rows = [r for r in rows if r not in seen]
-                seen.update(rows)
-            if rows:
-                found.append(
-                    failure_rows(
-                        frame.iloc[rows], outcome.check_id, outcome.rule, outcome.kwargs,
-                        names, settings,
-                    )
-                )
-        del frame  # before the next frame is made
+    )
+
+    def check(suite: str, make: FrameMaker) -> SuiteFindings:
+        frame, compared = make()
+        return _check_suite(runner, suite, frame, compared, parameters, memo, names, settings)
+
+    checked: dict[tuple[str, str], int] = {}
+    found: list[pd.DataFrame] = []
+    every, spread = _check_all(makers, check, config.gate_processes(len(results)), memo)
+    # In the order of the frames, whichever process checked them: the same result as one
+    # process checking them in turn.
+    for findings in every:
+        for key, n in findings.checked.items():
+            checked[key] = checked.get(key, 0) + n
+        found.extend(findings.found)
 
     failures = (
         pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=FINDING_COLUMNS)
@@ -143,62 +130,179 @@ def run_checks(
     dq_results.insert(0, "snapshot_id", snapshot_id)
     dq_results = dq_results[list(schema.DQ_RESULTS)].astype(schema.DQ_RESULTS)
 
-    _log_summary(snapshot_id, dq_results, len(divisions), len(results), started, memo)
+    _log_summary(snapshot_id, dq_results, len(divisions), len(results), started, memo,
+                 (len(makers), spread))
     return dq_results
 
 
-def derived_frames(
+FrameMaker = Callable[[], tuple[pd.DataFrame, dict[str, int] | None]]
+
+
+def frame_makers(
     keyed: derive.KeyedFrames,
     snapshot_meta: dict[str, Any],
     settings: QualityConfig,
     *,
     leave_out_unchanged: bool = True,
     leave_out_still: bool = False,
-) -> Iterator[tuple[str, pd.DataFrame, dict[str, int] | None]]:
-    """Every frame a suite validates, by suite name (see `etl.quality.derive`), made one at
-    a time, and for a frame that leaves out comparisons that cannot fail, how many it
-    stands for per contest (else None).
+) -> list[tuple[str, FrameMaker]]:
+    """Every frame a suite validates, by suite name (see `etl.quality.derive`), as a
+    function that makes it: the frame, and for a frame that leaves out comparisons that
+    cannot fail, how many it stands for per contest (else None).
 
-    One at a time so that a caller that drops each frame once validated never holds them
-    all: at 100,000 precincts several have ~2 M rows, and together they made the gate's
-    peak (issue 9's memory budget).
+    Made when asked, so that a caller that drops each frame once validated never holds
+    them all: at 100,000 precincts several have ~2 M rows, and together they made the
+    gate's peak (issue 9's memory budget). The frames do not depend on each other, so
+    processes may make them in any order.
     """
     divisions, turnout, results, previous = (
         keyed.divisions, keyed.turnout, keyed.results, keyed.previous
     )
     keyed_results = derive.keyed_results(results, turnout)
     lines = derive.contest_lines(divisions, keyed_results)
-    yield "divisions", divisions, None
-    yield "turnout", turnout.reset_index(drop=True), None
-    yield "results", keyed_results, None
-    yield "division_pct_sums", derive.division_pct_sums(
-        results, settings.pct_sum_tolerance_per_line), None
-    yield "line_coverage", derive.line_coverage(
-        divisions, turnout, keyed_results, lines, keyed.n_lines), None
-    yield "protocol_identities", derive.protocol_identities(turnout, keyed_results, lines), None
     # A contest that lost pages has parents whose missing children cannot be summed.
-    yield "reconciliation", derive.reconciliation(
-        divisions, turnout, keyed_results, keyed.n_lines,
-        derive.contests_with_failures(snapshot_meta)), None
-    yield "coverage", derive.coverage(divisions, turnout, snapshot_meta, previous), None
-    yield "number_cells", derive.number_cells(divisions, snapshot_meta), None
-    if previous is not None:
-        revisions = derive.revisions(
-            turnout, keyed_results, previous, leave_out_unchanged=leave_out_unchanged
-        )
-        frame, compared = revisions.frame, revisions.compared
-        del revisions
-        yield "revisions", frame, compared
-        del frame
-        swings = derive.swings(divisions, turnout, results, previous,
-                               settings.swing_min_progress_pp)
-        if leave_out_still:
-            # A share that did not move cannot fail W4 as shipped (see `_still_shares_pass`):
-            # such lines are counted as compared, not validated (a re-stamped portal's are all).
-            yield ("swings", swings[swings["share_change_pp"] != 0].reset_index(drop=True),
-                   derive.counts_per_contest(swings["contest_id"]))
-        else:
-            yield "swings", swings, None
+    failed_contests = derive.contests_with_failures(snapshot_meta)
+    makers: list[tuple[str, FrameMaker]] = [
+        ("divisions", lambda: (divisions, None)),
+        ("turnout", lambda: (turnout.reset_index(drop=True), None)),
+        ("results", lambda: (keyed_results, None)),
+        ("division_pct_sums", lambda: (derive.division_pct_sums(
+            results, settings.pct_sum_tolerance_per_line), None)),
+        ("line_coverage", lambda: (derive.line_coverage(
+            divisions, turnout, keyed_results, lines, keyed.n_lines), None)),
+        ("protocol_identities", lambda: (
+            derive.protocol_identities(turnout, keyed_results, lines), None)),
+        ("reconciliation", lambda: (derive.reconciliation(
+            divisions, turnout, keyed_results, keyed.n_lines, failed_contests), None)),
+        ("coverage", lambda: (derive.coverage(divisions, turnout, snapshot_meta, previous),
+                              None)),
+        ("number_cells", lambda: (derive.number_cells(divisions, snapshot_meta), None)),
+    ]
+    if previous is None:
+        return makers
+
+    def revisions() -> tuple[pd.DataFrame, dict[str, int] | None]:
+        made = derive.revisions(turnout, keyed_results, previous,
+                                leave_out_unchanged=leave_out_unchanged)
+        return made.frame, made.compared
+
+    def swings() -> tuple[pd.DataFrame, dict[str, int] | None]:
+        frame = derive.swings(divisions, turnout, results, previous,
+                              settings.swing_min_progress_pp)
+        if not leave_out_still:
+            return frame, None
+        # A share that did not move cannot fail W4 as shipped (see `_still_shares_pass`):
+        # such lines are counted as compared, not validated (a re-stamped portal's are all).
+        return (frame[frame["share_change_pp"] != 0].reset_index(drop=True),
+                derive.counts_per_contest(frame["contest_id"]))
+
+    return [*makers, ("revisions", revisions), ("swings", swings)]
+
+
+@dataclass(frozen=True)
+class SuiteFindings:
+    """What one suite found on its frame: the (check, contest) pairs it checked, with how
+    many rows or comparisons each, and the failure rows (`etl.quality.findings`)."""
+
+    checked: dict[tuple[str, str], int]
+    found: list[pd.DataFrame]
+
+
+def _check_suite(
+    runner: SuiteRunner, suite: str, frame: pd.DataFrame, compared: dict[str, int] | None,
+    parameters: dict[str, Any], memo: GateMemo | None, names: DivisionNames,
+    settings: QualityConfig,
+) -> SuiteFindings:
+    # What a suite checked: its frame's rows, or the comparisons a pruned frame stands for
+    # (`compared`); an empty frame that stands for nothing checked nothing.
+    per_contest = compared
+    if per_contest is None:
+        per_contest = derive.counts_per_contest(frame["contest_id"])
+    checked: dict[tuple[str, str], int] = {}
+    if len(frame) or any(per_contest.values()):
+        for check_id in dict.fromkeys(runner.check_ids(suite)):
+            for contest, n in per_contest.items():
+                key = (check_id, str(contest))
+                checked[key] = checked.get(key, 0) + int(n)
+    found: list[pd.DataFrame] = []
+    reported: dict[str, set[int]] = {}
+    for outcome in runner.run(suite, frame, parameters, memo):
+        rows = list(outcome.failing_rows)
+        if CHECKS_BY_ID[outcome.check_id].one_failure_per_row:
+            seen = reported.setdefault(outcome.check_id, set())
+            rows = [r for r in rows if r not in seen]
+            seen.update(rows)
+        if rows:
+            found.append(failure_rows(frame.iloc[rows], outcome.check_id, outcome.rule,
+                                      outcome.kwargs, names, settings))
+    return SuiteFindings(checked, found)
+
+
+# The order the processes take the suites in, the slowest to make or validate first (kg2021
+# re-stamped and 5% changed), so that neither ends long after the other.
+_SLOWEST_FIRST = ("reconciliation", "turnout", "swings", "coverage", "revisions",
+                  "line_coverage", "protocol_identities", "results", "division_pct_sums",
+                  "divisions", "number_cells")
+
+
+def _check_all(
+    makers: list[tuple[str, FrameMaker]], check: Callable[[str, FrameMaker], SuiteFindings],
+    processes: int, memo: GateMemo | None,
+) -> tuple[list[SuiteFindings], tuple[int, int] | None]:
+    """`check` each suite's frame; the findings in the order of `makers`, and how many
+    processes checked them and how many suites the forked ones did (None: one process).
+
+    With `processes` > 1, forked children check suites too: each process takes the next
+    suite not yet taken (a counter they share), so a slow suite in one does not keep the
+    others idle. A child's findings and what it added to the gate memo come back pickled
+    (`etl.forked`); its failure is raised here.
+    """
+    if processes <= 1 or len(makers) < 2:
+        return [check(suite, make) for suite, make in makers], None
+    import multiprocessing
+
+    from etl.forked import ForkedTask
+
+    rank = {suite: i for i, suite in enumerate(_SLOWEST_FIRST)}
+    order = sorted(range(len(makers)), key=lambda i: rank.get(makers[i][0], len(rank)))
+    taken = multiprocessing.get_context("fork").Value("i", 0)
+
+    def take_and_check() -> dict[int, SuiteFindings]:
+        done: dict[int, SuiteFindings] = {}
+        while True:
+            with taken.get_lock():
+                position = taken.value
+                taken.value += 1
+            if position >= len(order):
+                return done
+            index = order[position]
+            done[index] = check(*makers[index])
+            # Frames are made and dropped in `check`: nothing but findings is kept here.
+
+    counted = (memo.hits, memo.misses) if memo is not None else (0, 0)
+
+    def child() -> tuple[dict[int, SuiteFindings], MemoPart | None]:
+        done = take_and_check()
+        if memo is None:
+            return done, None
+        part = memo.taken()  # counted from the fork on, as the parent counts its own
+        return done, MemoPart(part.used, part.hits - counted[0], part.misses - counted[1])
+
+    helpers = [ForkedTask(child, "quality gate") for _ in range(min(processes, len(makers)) - 1)]
+    by_helpers = 0
+    try:
+        done = take_and_check()
+        for helper in helpers:
+            theirs, remembered = helper.result()
+            if memo is not None and remembered is not None:
+                memo.add(remembered)
+            done.update(theirs)
+            by_helpers += len(theirs)
+    except BaseException:
+        for helper in helpers:  # the gate failed: what the others find is not wanted
+            helper.cancel()
+        raise
+    return [done[i] for i in range(len(makers))], (len(helpers) + 1, by_helpers)
 
 
 def _unchanged_values_pass(spec: Any) -> bool:
@@ -434,7 +538,7 @@ def _skip_reasons(
 
 def _log_summary(
     snapshot_id: str, dq_results: pd.DataFrame, n_divisions: int, n_results: int, started: float,
-    memo: GateMemo | None,
+    memo: GateMemo | None, suites: tuple[int, tuple[int, int] | None],
 ) -> None:
     summaries = dq_results[dq_results["division_id"].isna()]
     failed = summaries[~summaries["success"].astype(bool)]
@@ -442,10 +546,12 @@ def _log_summary(
     by_check = instances["check_id"].value_counts().sort_index().to_dict()
     log.info(
         "validated snapshot %s: %d divisions, %d result rows in; %d failure rows out %s; "
-        "%d critical and %d warning (check, contest) pairs failed; %.2fs%s",
+        "%d critical and %d warning (check, contest) pairs failed; %.2fs; %d suites%s%s",
         snapshot_id, n_divisions, n_results, len(instances), by_check,
         int((failed["severity"] == "critical").sum()), int((failed["severity"] == "warning").sum()),
-        time.perf_counter() - started,
+        time.perf_counter() - started, suites[0],
+        "" if suites[1] is None else
+        f" in {suites[1][0]} processes ({suites[1][1]} by the forked ones)",
         "" if memo is None else
         f"; {memo.hits} frames as validated before (gate memo), {memo.misses} validated by GX",
     )

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -139,6 +139,16 @@ def uniqueness_key_columns(suite_body: dict[str, Any]) -> frozenset[str]:
     return frozenset(in_keys - elsewhere)
 
 
+@dataclass(frozen=True)
+class MemoPart:
+    """Outcomes a memo gave or learnt (by suite and key) and how many batches it found or
+    missed."""
+
+    used: dict[str, dict[str, list[dict[str, Any]]]]
+    hits: int
+    misses: int
+
+
 class GateMemo:
     """Outcomes by suite and key, loaded from and saved to one file (see the module doc)."""
 
@@ -203,6 +213,19 @@ class GateMemo:
         if not exact:  # kwargs that JSON cannot give back as they are (e.g. tuples)
             return
         self._used.setdefault(suite, {})[key] = items
+
+    def taken(self) -> MemoPart:
+        """What this memo has given and learnt so far, for another process's memo to `add`
+        (the quality gate's second process checks suites with its own copy)."""
+        return MemoPart(self._used, self.hits, self.misses)
+
+    def add(self, part: MemoPart) -> None:
+        """Count in what another process's copy of this memo gave and learnt after it was
+        copied (`part` counted from there)."""
+        for suite, entries in part.used.items():
+            self._used.setdefault(suite, {}).update(entries)
+        self.hits += part.hits
+        self.misses += part.misses
 
     def save(self) -> None:
         """Write this validation's outcomes (only those: the file stays one snapshot's size).
