@@ -48,14 +48,19 @@ def alerts_for_snapshot(
 
     `divisions` (the snapshot's divisions frame) lets messages name divisions, not only ids.
     """
+    failing = dq_results[~dq_results["success"].astype(bool)]
     evaluation = _Evaluation(
         election_id=str(snapshot_meta["election_id"]),
         snapshot_id=str(snapshot_meta["snapshot_id"]),
         portal_updated_at=iso_time(snapshot_meta.get("portal_updated_at")),
         report_path=report_path,
-        division_names=_division_names(divisions),
+        division_names=_division_names(divisions, failing),
     )
-    failing = dq_results[~dq_results["success"].astype(bool)]
+    # Each contest's failing rows, in their order (a clean snapshot has none: ~0.1 s of
+    # filtering 37 contests three times each, on the critical path of every cycle).
+    by_contest = {str(contest): rows for contest, rows in failing.groupby(
+        "contest_id", sort=False, observed=True)} if len(failing) else {}
+    none = failing.iloc[0:0]
     alerts: list[Alert] = []
     for contest_id in sorted(contest_statuses):
         status, reason = contest_statuses[contest_id]
@@ -64,9 +69,9 @@ def alerts_for_snapshot(
         if status == "failed":
             alerts.append(_contest_failed(evaluation, contest_id, reason, snapshot_meta))
             continue
-        rows = failing[failing["contest_id"] == contest_id]
-        critical = rows[rows["severity"] == "critical"]
-        warnings = rows[rows["severity"] == "warning"]
+        rows = by_contest.get(contest_id, none)
+        critical, warnings = ((rows[rows["severity"] == "critical"],
+                               rows[rows["severity"] == "warning"]) if len(rows) else (rows, rows))
         if status == "quarantined":
             alerts.append(_quality_alert("quarantined", evaluation, contest_id, status, reason, critical))
         if not warnings.empty:
@@ -270,10 +275,14 @@ def _contest_failed(
     )
 
 
-def _division_names(divisions: pd.DataFrame | None) -> dict[tuple[str, str], str]:
-    if divisions is None or divisions.empty:
+def _division_names(divisions: pd.DataFrame | None,
+                    failing: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """The names of the divisions that failing rows name (only those are described)."""
+    if divisions is None or divisions.empty or failing["division_id"].isna().all():
         return {}
-    named = divisions.dropna(subset=["contest_id", "division_id", "name"])
+    named = divisions.dropna(subset=["contest_id", "division_id", "name"]).merge(
+        failing[["contest_id", "division_id"]].dropna().drop_duplicates(),
+        on=["contest_id", "division_id"])
     return {
         (str(c), str(d)): str(n)
         for c, d, n in zip(named["contest_id"], named["division_id"], named["name"], strict=True)
