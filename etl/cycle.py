@@ -202,8 +202,12 @@ def detect_change(
         listed = checked_ids((link.segment for link in election.contests),
                              "contest id on the election page")
         selected = [c for c in listed if not contests or c in set(contests)]
-        roots: list[FetchedPage] = [client.fetch(contest_path(lang, election_id, c))
-                                    for c in selected]
+        # Root pages fetched before are asked again all at once on one connection (most
+        # cycles: a 304 or a re-stamped page each); any not settled so, one by one.
+        paths = [contest_path(lang, election_id, c) for c in selected]
+        roots: list[FetchedPage] = [
+            page if page is not None else client.fetch(path)
+            for path, page in zip(paths, client.revalidate(paths), strict=True)]
     except (FetchError, PageParseError, InvalidIdentifierError) as exc:
         log.warning("portal unavailable for %s: %s", election_id, exc)
         return Detection(UNAVAILABLE, election_id, (), None, str(exc), checked_at)
