@@ -553,16 +553,17 @@ def alert_stage(
     return sent
 
 
-def fold_archive(archive_root: Path | None = None) -> None:
+def fold_archive(archive_root: Path | None = None, min_bytes: int | None = None) -> None:
     """After a cycle's publication: checkpoint the raw archive's index if the cycle added
-    much to it (`etl.archive.fold_index`), so the next change detection does not read it
-    all first. Only an optimisation: a failure is logged, never raised."""
-    from etl.archive import fold_index
+    much to it (`etl.archive.fold_index`; `min_bytes`, default `FOLD_AFTER_BYTES`), so
+    the next change detection does not read it all first. Only an optimisation: a failure
+    is logged, never raised."""
+    from etl.archive import FOLD_AFTER_BYTES, fold_index
 
     started = time.perf_counter()
     root = archive_root or config.raw_dir()
     try:
-        if fold_index(root):
+        if fold_index(root, FOLD_AFTER_BYTES if min_bytes is None else min_bytes):
             log.info("raw archive index at %s checkpointed in %.2fs", root,
                      time.perf_counter() - started)
     except Exception:

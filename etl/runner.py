@@ -89,6 +89,22 @@ def warm_up() -> float:
     return time.perf_counter() - started
 
 
+def fold_between_cycles(args: argparse.Namespace) -> None:
+    """Checkpoint the raw archive's index whatever the last cycle added to it, while the
+    runner waits for the next change.
+
+    Otherwise the next cycle's change detection, on its critical path, reads the lines
+    the last one appended (a re-stamped kg2021: ~5,000) and writes the checkpoint itself
+    (from 2,000 lines on): ~0.09 s. The archive read for it is dropped again: what the
+    runner holds, every cycle inherits.
+    """
+    from etl import cycle
+    from etl.memory import release_memory
+
+    cycle.fold_archive(getattr(args, "raw_dir", None), min_bytes=1)
+    release_memory(after="checkpointing the raw archive between cycles")
+
+
 def run_forked(number: int, cycle: Callable[[], int]) -> CycleOutcome:
     """Run `cycle` in a forked child; wait for it and return what it did.
 
@@ -156,6 +172,7 @@ def watch_and_run(args: argparse.Namespace, cycle: Callable[[], int],
     watch: ElectionPageWatch | None = None
     try:
         log.info("warm-up: imports and the GX context ready in %.2fs", warm())
+        fold_between_cycles(args)
         url = absolute_url(args.portal or config.portal_url(),
                            election_path(args.lang or config.portal_lang(), args.election))
         watch = ElectionPageWatch(url)
@@ -211,6 +228,8 @@ def _poll_and_fork(args: argparse.Namespace, cycle: Callable[[], int],
                 outcome = run_forked(outcome.number + 1 if outcome else 1, cycle)
                 log.info("%s", outcome.line())  # with its time, in the log
                 print(outcome.line(), flush=True)
+                if args.cycles is None or outcome.number < args.cycles:
+                    fold_between_cycles(args)
                 # Not completed (an error, the election busy, killed): try again later even
                 # if the portal does not change again.
                 failures = 0 if outcome.exit_code in COMPLETED else failures + 1

@@ -82,6 +82,11 @@ def test_watch_runs_a_cycle_per_change_with_the_gx_context_built_once_and_stops_
     assert len(re.findall(r"[1-9]\d* validated by GX", log)) == 2, log[-3000:]
     assert log.count("GX ephemeral context with") == 1
     assert log.index("GX ephemeral context with") < log.index("portal changed")
+    # Between the cycles the runner checkpointed the raw archive's index, so the second
+    # cycle's change detection did not read the first one's index lines first.
+    second = log.index("portal changed", log.index("portal changed") + 1)
+    assert re.search(r"raw archive index at \S+ checkpointed",
+                     log[log.index("cycle 1: exit 0"):second]), log[-3000:]
     assert "stopped by a signal" in log
 
 
