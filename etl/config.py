@@ -93,8 +93,8 @@ GATE_PARALLEL_MIN_ROWS = 10_000
 def gate_processes(result_rows: int) -> int:
     """Processes the quality gate spreads its suites over for a snapshot of `result_rows`.
 
-    `CEC_GATE_PROCESSES` (default: 2 on a machine with two or more cores) when the snapshot
-    has between `GATE_PARALLEL_MIN_ROWS` and `CEC_GATE_PARALLEL_MAX_ROWS` (default 500,000)
+    `CEC_GATE_PROCESSES` (1 or 2; default 2 on a machine with two or more cores) when the
+    snapshot has between `GATE_PARALLEL_MIN_ROWS` and `CEC_GATE_PARALLEL_MAX_ROWS` (default 500,000)
     result lines, else 1. Once the crawl is over the cycle runs on one core; the gate
     derives and validates a dozen independent frames, half of them in a forked child.
     """
@@ -102,7 +102,7 @@ def gate_processes(result_rows: int) -> int:
     largest = int(env("CEC_GATE_PARALLEL_MAX_ROWS", "500000"))
     if not GATE_PARALLEL_MIN_ROWS <= result_rows <= largest:
         return 1
-    return max(1, wanted)
+    return min(2, max(1, wanted))  # the row cap is for two processes' frames at once
 
 
 def request_timeout() -> float:

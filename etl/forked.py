@@ -60,6 +60,12 @@ class ForkedTask(Generic[T]):
                 self._process.join()
                 raise ChildDied(f"{self.name} ended without a result (exit code "
                                 f"{self._process.exitcode})") from None
+        except BaseException:
+            # Interrupted while waiting (a signal's exception, a task timeout): the child's
+            # answer is not wanted, so it is not waited for either.
+            if self._process.is_alive():
+                self._process.kill()
+            raise
         finally:
             self._process.join()
             self._receive.close()

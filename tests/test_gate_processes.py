@@ -8,6 +8,8 @@ forked processes; `test_quality_replica.py` checks that the gate's answer does n
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +17,10 @@ import psutil
 import pytest
 
 from etl import config
+from etl.forked import ForkedTask
 from etl.quality.gate import SuiteFindings, _check_all
 from etl.quality.memo import GateMemo, MemoPart
-from etl.quality.suites import RuleOutcome
+from etl.quality.suites import EXPECTATIONS_DIR, RuleOutcome, SuiteRunner
 
 SUITES = [f"suite-{i}" for i in range(8)]
 
@@ -98,6 +101,60 @@ def test_when_the_gate_fails_its_helpers_are_stopped() -> None:
     assert time.monotonic() - started < 30
     assert not [child for child in psutil.Process().children() if child.is_running()
                 and child.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_helper_killed_half_way_leaves_its_suites_to_the_gate() -> None:
+    """The OOM killer takes the helper: the gate checks what it had taken, no error."""
+    parent = os.getpid()
+
+    def killed_in_helper(suite: str, make: object) -> SuiteFindings:
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return by_pid(suite, make)
+
+    findings, spread = _check_all(makers(), killed_in_helper, 2, None)  # type: ignore[arg-type]
+    assert [next(iter(f.checked)) for f in findings] == [(s, str(parent)) for s in SUITES]
+    assert spread == (2, 0)
+
+
+def test_a_helper_that_hangs_is_given_up_and_its_suites_checked_here() -> None:
+    parent = os.getpid()
+
+    def hanging_in_helper(suite: str, make: object) -> SuiteFindings:
+        if os.getpid() != parent:
+            time.sleep(600)
+        return by_pid(suite, make)
+
+    started = time.monotonic()
+    findings, spread = _check_all(makers(), hanging_in_helper, 2, None,  # type: ignore[arg-type]
+                                  helper_grace=1.0)
+    assert time.monotonic() - started < 60
+    assert {next(iter(f.checked))[1] for f in findings} == {str(parent)}
+    assert spread == (2, 0)
+    assert not [child for child in psutil.Process().children() if child.is_running()
+                and child.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_suite_runner_lock_held_by_a_thread_at_the_fork_is_free_in_the_child() -> None:
+    """A DAG may validate in threads: a helper forked meanwhile must not wait forever on
+    a lock that only the other thread, which it does not have, could release."""
+    runner = SuiteRunner(EXPECTATIONS_DIR)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with runner._lock:
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        acquired = ForkedTask(lambda: runner._lock.acquire(timeout=5), "lock probe")
+        assert acquired.result(timeout=30) is True
+    finally:
+        release.set()
+        thread.join()
 
 
 @pytest.mark.parametrize(("rows", "expected"), [(5_000, 1), (82_120, 2), (1_919_399, 1)])

@@ -7,9 +7,12 @@ scraped by `etl.scrape` into a snapshot directory and validated like in producti
 from __future__ import annotations
 
 import logging
+import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -190,11 +193,56 @@ def test_the_gate_over_two_processes_answers_exactly_as_one(
     if label == "formula-error":  # failures found by either process (C1, C4 at the root)
         assert not alone["success"].all()
     # What the second process learnt from GX is in the memo too: all of it is answered
-    # from there next time.
+    # from there next time, in one process or in two (counted from what it held before).
     filling.save()
+    monkeypatch.setenv("CEC_GATE_PROCESSES", "1")
+    one = GateMemo(tmp_path / "one.json")
+    checked(timeline, label, previous, one)
+    assert (filling.hits, filling.misses) == (one.hits, one.misses) == (0, one.misses)
     remembered = GateMemo.load(tmp_path / "memo.json")
     assert_frame_equal(checked(timeline, label, previous, remembered), alone)
-    assert filling.hits == 0 and remembered.misses == 0 and remembered.hits == filling.misses
+    assert remembered.misses == 0 and remembered.hits == filling.misses
+    monkeypatch.setenv("CEC_GATE_PROCESSES", "2")
+    assert_frame_equal(checked(timeline, label, previous, remembered), alone)
+    assert remembered.misses == 0 and remembered.hits == 2 * filling.misses
+
+
+def test_failures_found_by_the_gate_helper_come_back(
+    timeline: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The gate's own process lingers on its first suite until its helper has taken all
+    the others, C1's and C4's among them: their failure rows are in the gate's answer."""
+    from etl.quality import gate
+
+    monkeypatch.setattr(config, "GATE_PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setenv("CEC_GATE_PROCESSES", "1")
+    alone = checked(timeline, "formula-error", None)
+    assert set(alone.loc[~alone["success"] & alone["division_id"].notna(), "check_id"]) >= {
+        "C1", "C4"}
+    parent, lingered, taken = os.getpid(), [], tmp_path / "taken-by-the-helper"
+    taken.touch()
+    check_suite = gate._check_suite
+
+    def lingering(*args: Any, **kwargs: Any) -> gate.SuiteFindings:
+        if os.getpid() != parent:
+            with taken.open("a") as file:
+                file.write(f"{args[1]}\n")
+        elif not lingered:
+            lingered.append(args[1])
+            others = len(gate.CURRENT_FRAMES) - 1  # no previous snapshot: no W2/W4 frames
+            deadline = time.monotonic() + 120
+            while len(taken.read_text().split()) < others and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return check_suite(*args, **kwargs)
+
+    monkeypatch.setattr(gate, "_check_suite", lingering)
+    monkeypatch.setenv("CEC_GATE_PROCESSES", "2")
+    with caplog.at_level(logging.INFO, logger="etl.quality.gate"):
+        assert_frame_equal(checked(timeline, "formula-error", None), alone)
+    spread = re.search(r"(\d+) suites in 2 processes \((\d+) by the forked ones\)", caplog.text)
+    assert spread is not None and int(spread[2]) == int(spread[1]) - 1
+    assert {"division_pct_sums", "results"} <= set(taken.read_text().split())  # C1's, C4's
 
 
 def test_a_re_stamped_snapshot_is_answered_from_the_memo_under_its_new_id(

@@ -280,9 +280,10 @@ def _division_names(divisions: pd.DataFrame | None,
     """The names of the divisions that failing rows name (only those are described)."""
     if divisions is None or divisions.empty or failing["division_id"].isna().all():
         return {}
-    named = divisions.dropna(subset=["contest_id", "division_id", "name"]).merge(
-        failing[["contest_id", "division_id"]].dropna().drop_duplicates(),
-        on=["contest_id", "division_id"])
+    key = ["contest_id", "division_id"]
+    named = divisions.dropna(subset=[*key, "name"])
+    named = named.assign(**{c: named[c].astype("string") for c in key}).merge(
+        failing[key].dropna().astype("string").drop_duplicates(), on=key)
     return {
         (str(c), str(d)): str(n)
         for c, d, n in zip(named["contest_id"], named["division_id"], named["name"], strict=True)

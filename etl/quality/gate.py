@@ -106,7 +106,13 @@ def run_checks(
 
     checked: dict[tuple[str, str], int] = {}
     found: list[pd.DataFrame] = []
-    every, spread = _check_all(makers, check, config.gate_processes(len(results)), memo)
+    # A helper forked before GX is imported would import it too, on its first frame not in
+    # the memo (~1.5 CPU-s and ~190 MiB more): then one process (`etl run` imports GX while
+    # its crawl parses, `etl watch` before its first cycle).
+    processes = config.gate_processes(len(results)) if runner.warmed else 1
+    every, spread = _check_all(makers, check, processes, memo)
+    suites = len(makers)
+    del makers, check  # their frames (the keyed results: ~50 MB at 100,000 precincts)
     # In the order of the frames, whichever process checked them: the same result as one
     # process checking them in turn.
     for findings in every:
@@ -131,7 +137,7 @@ def run_checks(
     dq_results = dq_results[list(schema.DQ_RESULTS)].astype(schema.DQ_RESULTS)
 
     _log_summary(snapshot_id, dq_results, len(divisions), len(results), started, memo,
-                 (len(makers), spread))
+                 (suites, spread))
     return dq_results
 
 
@@ -238,6 +244,9 @@ def _check_suite(
     return SuiteFindings(checked, found)
 
 
+# How long the gate waits for a helper process once it has checked its own share (plus ten
+# times what that took), before it checks the helper's suites itself.
+HELPER_GRACE_S = 60.0
 # The order the processes take the suites in, the slowest to make or validate first (kg2021
 # re-stamped and 5% changed), so that neither ends long after the other.
 _SLOWEST_FIRST = ("reconciliation", "turnout", "swings", "coverage", "revisions",
@@ -247,21 +256,24 @@ _SLOWEST_FIRST = ("reconciliation", "turnout", "swings", "coverage", "revisions"
 
 def _check_all(
     makers: list[tuple[str, FrameMaker]], check: Callable[[str, FrameMaker], SuiteFindings],
-    processes: int, memo: GateMemo | None,
+    processes: int, memo: GateMemo | None, *, helper_grace: float = HELPER_GRACE_S,
 ) -> tuple[list[SuiteFindings], tuple[int, int] | None]:
     """`check` each suite's frame; the findings in the order of `makers`, and how many
     processes checked them and how many suites the forked ones did (None: one process).
 
-    With `processes` > 1, forked children check suites too: each process takes the next
+    With `processes` > 1, forked helpers check suites too: each process takes the next
     suite not yet taken (a counter they share), so a slow suite in one does not keep the
-    others idle. A child's findings and what it added to the gate memo come back pickled
-    (`etl.forked`); its failure is raised here.
+    others idle. A helper's findings and what it added to the gate memo come back pickled
+    (`etl.forked`); a failure it raised (a broken suite) is raised here. A helper that
+    cannot be forked, dies without an answer (the OOM killer) or is not done
+    `helper_grace` seconds (plus ten times this process's own share) after this process
+    has done its share is given up: its suites are checked here, as in one process.
     """
     if processes <= 1 or len(makers) < 2:
         return [check(suite, make) for suite, make in makers], None
     import multiprocessing
 
-    from etl.forked import ForkedTask
+    from etl.forked import ChildDied, ForkedTask
 
     rank = {suite: i for i, suite in enumerate(_SLOWEST_FIRST)}
     order = sorted(range(len(makers)), key=lambda i: rank.get(makers[i][0], len(rank)))
@@ -288,12 +300,25 @@ def _check_all(
         part = memo.taken()  # counted from the fork on, as the parent counts its own
         return done, MemoPart(part.used, part.hits - counted[0], part.misses - counted[1])
 
-    helpers = [ForkedTask(child, "quality gate") for _ in range(min(processes, len(makers)) - 1)]
+    helpers: list[ForkedTask[tuple[dict[int, SuiteFindings], MemoPart | None]]] = []
     by_helpers = 0
     try:
+        for _ in range(min(processes, len(makers)) - 1):
+            try:
+                helpers.append(ForkedTask(child, "quality gate"))
+            except OSError as exc:  # no memory or processes left for it: fewer processes
+                log.warning("quality gate: no helper process (%s); checking its suites here",
+                            exc)
+                break
+        started = time.perf_counter()
         done = take_and_check()
+        wait = helper_grace + 10 * (time.perf_counter() - started)
         for helper in helpers:
-            theirs, remembered = helper.result()
+            try:
+                theirs, remembered = helper.result(timeout=wait)
+            except (ChildDied, TimeoutError) as exc:
+                log.warning("quality gate: %s; its suites are checked here", exc)
+                continue
             if memo is not None and remembered is not None:
                 memo.add(remembered)
             done.update(theirs)
@@ -302,6 +327,9 @@ def _check_all(
         for helper in helpers:  # the gate failed: what the others find is not wanted
             helper.cancel()
         raise
+    for index in range(len(makers)):  # those a lost helper had taken
+        if index not in done:
+            done[index] = check(*makers[index])
     return [done[i] for i in range(len(makers))], (len(helpers) + 1, by_helpers)
 
 

@@ -15,9 +15,11 @@ import importlib.machinery
 import importlib.util
 import json
 import logging
+import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -157,6 +159,9 @@ class SuiteRunner:
         # GX contexts are not documented as thread-safe; the DAG may run tasks in threads.
         # The same lock makes the context once when a warm-up thread and the gate race.
         self._lock = threading.Lock()
+        # A process forked while another thread held it (the gate's helper) gets it free.
+        this = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _unlock_copy(this))
 
     @property
     def warmed(self) -> bool:
@@ -326,6 +331,12 @@ def numpy_numbers(frame: pd.DataFrame) -> pd.DataFrame:
         and not pd.api.types.is_bool_dtype(column.dtype)
     }
     return frame.assign(**converted) if converted else frame
+
+
+def _unlock_copy(runner: weakref.ref[SuiteRunner]) -> None:
+    held = runner()
+    if held is not None:
+        held._lock = threading.Lock()
 
 
 @cache
