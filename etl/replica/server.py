@@ -8,7 +8,6 @@ under `/_replica/` move through the timeline and switch faults; they are never f
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -641,16 +640,12 @@ class ReplicaServer:
         the server's thread: the page cache is that thread's."""
         if self._loop is None:
             return self.replica.prerender(at, lang)
-        done: concurrent.futures.Future[int] = concurrent.futures.Future()
 
-        def run() -> None:
-            try:
-                done.set_result(self.replica.prerender(at, lang))
-            except BaseException as exc:  # raised in the calling thread
-                done.set_exception(exc)
+        async def render() -> int:
+            return self.replica.prerender(at, lang)
 
-        self._loop.call_soon_threadsafe(run)
-        return done.result()
+        # Its result, or what it raised, in the calling thread.
+        return asyncio.run_coroutine_threadsafe(render(), self._loop).result()
 
     def set_faults(self, faults: Faults | None = None, **switches: Any) -> Faults:
         """Set fault switches (a Faults or keyword switches); counters restart."""
