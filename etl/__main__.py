@@ -13,7 +13,6 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ from etl.identifiers import argparse_id
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_QUARANTINED, EXIT_BUSY = 0, 1, 2, 3, 4
 
 log = logging.getLogger("etl")
+# When `etl run` warms up what its later stages need (`etl.cycle.warm`).
+WHILE_CRAWLING = "while the crawl ran"
 
 
 def _add_portal_args(parser: argparse.ArgumentParser) -> None:
@@ -238,7 +239,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
 
     task = ForkedTask(crawl, "crawl")
     forget_shared_archives()  # the crawl's processes hold it now; not under the gate's peak
-    _warm_up(cycle.warm_imports)
+    cycle.warm(cycle.warm_imports, WHILE_CRAWLING)
     # What this process holds now (its modules) lives to its end: out of the cycle
     # collector's way, so `release_memory`'s collections after each stage traverse only
     # what the stages made (~40 ms each otherwise, three a cycle).
@@ -262,7 +263,7 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     reader.start()
     while not task.done(timeout=0.05):
         if parsing.is_set():
-            _warm_up(cycle.warm_quality_gate)
+            cycle.warm(cycle.warm_quality_gate, WHILE_CRAWLING)
             break
     # The crawl ends by its deadline on its own; the grace covers a fetch stuck past it.
     try:
@@ -285,15 +286,6 @@ def _crawl_to_publish(args: argparse.Namespace, detection: Any, portal: str,
     cycle.check_deadline(deadline, "publication")
     release_memory(after="validation")
     return cycle.publish_stage(snapshot_dir, warehouse, detection.fingerprint)
-
-
-def _warm_up(step: Callable[[], object]) -> None:
-    """Run a warm-up while the crawl runs; if it fails, the stage that needs what it
-    prepares fails loudly in its turn, after the crawl's result is in."""
-    try:
-        step()
-    except Exception:
-        log.exception("%s failed while the crawl ran", getattr(step, "__name__", step))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -416,6 +416,16 @@ def _merge_parsed_pages(parts: Sequence[Path], target: Path) -> None:
         pq.write_table(pa.concat_tables(tables), target, compression="zstd")
 
 
+def warm(step: Callable[[], object], when: str) -> None:
+    """Run a warm-up step ahead of the stage that needs it (`when` says when, for the log);
+    if it fails, that is logged, and the stage that needs what it prepares fails loudly in
+    its turn."""
+    try:
+        step()
+    except Exception:
+        log.exception("%s failed %s", getattr(step, "__name__", step), when)
+
+
 def warm_imports() -> None:
     """Import what assembling, validating and loading a snapshot need (pandas, Parquet,
     DuckDB), e.g. while the crawl runs in another process: ~0.5 s off the critical path."""

@@ -78,11 +78,7 @@ def warm_up() -> float:
     # The digests of the code that reads pages and runs the gate, which tag the page cache
     # and the gate memo: of the code the cycles run, even if the files change under it.
     for step in (cycle.warm_imports, cycle.warm_quality_gate, parser_version, code_versions):
-        try:
-            step()
-        except Exception:
-            log.exception("warm-up step %s failed; cycles will do it themselves",
-                          getattr(step, "__name__", step))
+        cycle.warm(step, "in the runner's warm-up; the cycles will do it themselves")
     # What the children inherit is never garbage: out of their collector's way, and shared
     # with them rather than copied when a collection would touch it.
     gc.freeze()

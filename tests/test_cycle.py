@@ -142,12 +142,13 @@ def test_a_warm_up_that_fails_is_logged_and_the_cycle_goes_on(
     # While the crawl's child runs, etl run's parent imports what the next stages need; a
     # failure there must not abandon the crawl's result: the stage that needs the import
     # fails in its turn, with its own error.
-    from etl.__main__ import _warm_up
+    from etl.__main__ import WHILE_CRAWLING
+    from etl.cycle import warm
 
     def warm_quality_gate() -> None:
         raise ImportError("no module named great_expectations")
 
-    _warm_up(warm_quality_gate)
+    warm(warm_quality_gate, WHILE_CRAWLING)
     assert "warm_quality_gate failed while the crawl ran" in caplog.text
     assert "no module named great_expectations" in caplog.text
 
