@@ -563,11 +563,11 @@ def alert_stage(
     return sent
 
 
-def fold_archive(archive_root: Path | None = None, min_bytes: int | None = None) -> None:
+def fold_archive(archive_root: Path | None = None, min_bytes: int | None = None) -> bool:
     """After a cycle's publication: checkpoint the raw archive's index if the cycle added
     much to it (`etl.archive.fold_index`; `min_bytes`, default `FOLD_AFTER_BYTES`), so
-    the next change detection does not read it all first. Only an optimisation: a failure
-    is logged, never raised."""
+    the next change detection does not read it all first; whether it did. Only an
+    optimisation: a failure is logged, never raised."""
     from etl.archive import FOLD_AFTER_BYTES, fold_index
 
     started = time.perf_counter()
@@ -576,8 +576,10 @@ def fold_archive(archive_root: Path | None = None, min_bytes: int | None = None)
         if fold_index(root, FOLD_AFTER_BYTES if min_bytes is None else min_bytes):
             log.info("raw archive index at %s checkpointed in %.2fs", root,
                      time.perf_counter() - started)
+            return True
     except Exception:
         log.exception("could not checkpoint the raw archive index at %s", root)
+    return False
 
 
 def latest_seats(warehouse_url: str, election_id: str, contest_id: str) -> list[dict[str, Any]]:

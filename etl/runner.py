@@ -92,14 +92,14 @@ def fold_between_cycles(args: argparse.Namespace) -> None:
     Otherwise the next cycle's change detection, on its critical path, reads the lines
     the last one appended (a re-stamped kg2021: ~5,000) and writes the checkpoint itself
     (from 2,000 lines on): ~0.09 s here, the checkpoint's read and rewrite at 100,000
-    precincts. The archive read for it is dropped again: what the runner holds, every
-    cycle inherits.
+    precincts. The archive opened for it is dropped again, and its memory handed back: what
+    the runner holds, every cycle inherits.
     """
     from etl import cycle
     from etl.memory import release_memory
 
-    cycle.fold_archive(getattr(args, "raw_dir", None), min_bytes=1)
-    release_memory(after="checkpointing the raw archive between cycles")
+    if cycle.fold_archive(args.raw_dir, min_bytes=1):
+        release_memory(after="checkpointing the raw archive between cycles")
 
 
 def run_forked(number: int, cycle: Callable[[], int]) -> CycleOutcome:

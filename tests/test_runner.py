@@ -124,7 +124,7 @@ def test_a_cycle_killed_by_a_signal_is_tried_again(replica: ReplicaServer, tmp_p
         return 0
 
     args = argparse.Namespace(portal=replica.base_url, lang=None, election="jk2021",
-                              interval=0.1, cycles=2)
+                              interval=0.1, cycles=2, raw_dir=tmp_path / "raw")
     assert watch_and_run(args, cycle, warm=lambda: 0.0) == 0
     out = capsys.readouterr().out
     assert [m[2] for m in CYCLE_LINE.finditer(out)] == [f"-{signal.SIGKILL.value}", "0"], out
