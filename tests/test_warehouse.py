@@ -224,6 +224,35 @@ def test_history_across_snapshots(warehouse_url, tmp_path):
     assert query(warehouse_url, "SELECT DISTINCT snapshot_id FROM latest_results") == [("t3",)]
 
 
+def test_postgres_statistics_follow_the_loads_that_grow_a_table(postgres_database_url, tmp_path):
+    # The planner's row estimates (pg_class.reltuples; -1: never analyzed) are brought up to
+    # date by the load that grew a table by more than a tenth, not a minute later by
+    # autovacuum: the views join the versioned tables on them.
+    from snapshot_factory import postgres_schema_url
+
+    url = postgres_schema_url(postgres_database_url)
+
+    def estimates() -> dict[str, float]:
+        return dict(query(url, "SELECT relname::text, reltuples FROM pg_class WHERE relname IN"
+                               " ('results', 'turnout') AND relnamespace ="
+                               " (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"))
+
+    migrate(url)
+    assert estimates() == {"results": -1, "turnout": -1}
+    load_snapshot(url, write(small_snapshot("t1", at(15), counted=0.5), tmp_path))
+    first = count(url, "results")
+    assert first > 0 and estimates() == {"results": first, "turnout": count(url, "turnout")}
+
+    # The same figures again: no new versions, statistics left as they were.
+    load_snapshot(url, write(small_snapshot("t2", at(16), counted=0.5), tmp_path))
+    assert count(url, "results") == first and estimates()["results"] == first
+
+    # Every precinct counted: the versions grow by far more than a tenth.
+    load_snapshot(url, write(small_snapshot("t3", at(17), counted=1.0), tmp_path))
+    assert count(url, "results") > 1.1 * first
+    assert estimates()["results"] == count(url, "results")
+
+
 # FACTS.md: final shares of the six passing parties, preliminary shares of the rest.
 FINAL_TOOK_PART = 1_281_622
 FINAL_PCT = {21: 17.32, 9: 13.61, 8: 11.00, 3: 8.35, 2: 7.04, 5: 6.17}

@@ -59,17 +59,21 @@ def load_full_copy(url: str, snapshot_dir: Path) -> None:
     """Insert every row of a snapshot into a version-1 schema, as the loader used to."""
     manifest = read_manifest(snapshot_dir)
     staged = stage_snapshot(snapshot_dir, load_election(manifest.election_id))
-    with connect(url) as db, db.transaction():
-        db.execute(
-            "INSERT INTO snapshots (snapshot_id, election_id, portal_updated_at, fetched_at,"
-            " pages_fetched, pages_not_modified, pages_failed, loaded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
-            [manifest.snapshot_id, manifest.election_id, manifest.portal_updated_at,
-             manifest.fetched_at, manifest.pages_fetched, manifest.pages_not_modified,
-             manifest.pages_failed],
-        )
-        for table, rows in staged.tables.items():
-            db.bulk_insert(table, rows)
+    with connect(url) as db:
+        with db.transaction():
+            db.execute(
+                "INSERT INTO snapshots (snapshot_id, election_id, portal_updated_at, fetched_at,"
+                " pages_fetched, pages_not_modified, pages_failed, loaded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
+                [manifest.snapshot_id, manifest.election_id, manifest.portal_updated_at,
+                 manifest.fetched_at, manifest.pages_fetched, manifest.pages_not_modified,
+                 manifest.pages_failed],
+            )
+            for table, rows in staged.tables.items():
+                db.bulk_insert(table, rows)
+        # As the loader does: the planner's estimates follow the tables' growth.
+        db.refresh_statistics({"snapshots": 1, **{table: rows.num_rows
+                                                  for table, rows in staged.tables.items()}})
 
 
 def answers(url: str, *, versioned: bool, as_of: bool = True) -> dict[str, Any]:
