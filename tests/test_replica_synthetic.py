@@ -209,3 +209,34 @@ def test_prerender_renders_the_changed_pages_ahead_and_serves_them_as_rendered_t
         assert calls == []  # every changed page came from the cache
         renderer.render = render
         assert all(served[p] == render(final, p).body for p in changed)  # type: ignore[union-attr]
+
+
+def test_a_restamp_can_render_every_page_ahead_and_keeps_the_unstamped_pages_it_derives_from(
+) -> None:
+    from etl.replica.server import CACHED_SNAPSHOTS
+
+    scenario = load_scenario("synthetic", precincts=2_000)
+    paths = ["/ru/results/", f"/ru/results/{ELECTION}/"] + [
+        f"/ru/results/{ELECTION}/{c}/" if d == contest.root_id else f"/ru/results/{ELECTION}/{c}/{d}/"
+        for c, contest in scenario.contests.items() for d in contest.divisions]
+    with ReplicaServer(scenario, at="final") as server, requests.Session() as http:
+        renderer = server.replica.renderer
+        for path in paths:  # served once, unstamped: what re-stamped pages are made from
+            assert http.get(f"{server.base_url}{path}").status_code == 200
+        calls: list[str] = []
+        render, restamped = renderer.render, renderer.restamped
+        renderer.render = lambda index, path, *a, **k: calls.append(path) or render(index, path, *a, **k)
+        # More re-stamps than the cache keeps snapshots: the unstamped pages stay.
+        for seconds in range(60, 60 * (CACHED_SNAPSHOTS + 2), 60):
+            rendered = server.restamp(seconds, "ru")
+            assert rendered == len(paths)
+        # Each derived from the page served before the re-stamp (the list of elections
+        # shows no time: rendered as it is).
+        assert set(calls) == {"/ru/results/"}
+        calls.clear()
+        renderer.restamped = lambda *a, **k: calls.append("restamped") or restamped(*a, **k)
+        served = {p: http.get(f"{server.base_url}{p}").content for p in paths}
+        assert calls == []  # every page came from the cache, rendered ahead
+        renderer.render, renderer.restamped = render, restamped
+        index, moved = server.index, timedelta(seconds=seconds)
+        assert all(served[p] == render(index, p, restamp=moved).body for p in paths)  # type: ignore[union-attr]

@@ -176,12 +176,30 @@ class Replica:
         logger.info("replica now at snapshot %d (%s)", index, self.scenario.snapshots[index].label)
         return index
 
-    def restamp(self, seconds: float) -> None:
+    def restamp(self, seconds: float, prerender_lang: str | None = None) -> int:
         """Show every page with its `updated` time `seconds` after the snapshot's, content
-        otherwise unchanged (the portal re-publishing unchanged pages); `goto` resets it."""
+        otherwise unchanged (the portal re-publishing unchanged pages); `goto` resets it.
+
+        With `prerender_lang`, the snapshot's pages in that language are rendered at the
+        new time into the page cache at once (for benchmarks, as `prerender`); how many.
+        """
         with self._lock:
             self._restamp = float(seconds)
         logger.info("replica pages re-stamped %+.0fs", seconds)
+        if prerender_lang is None:
+            return 0
+        index = self.index
+        return sum(self._page(index, target, restamp=float(seconds)) is not None
+                   for target in self._page_targets(prerender_lang))
+
+    def _page_targets(self, lang: str) -> list[str]:
+        """The election's pages and every division page of the scenario, in `lang`."""
+        election = self.scenario.election_id
+        targets = [f"/{lang}/results/", f"/{lang}/results/{election}/"]
+        for contest in self.scenario.contests.values():
+            targets += [self.renderer.division_page_path(lang, contest, division_id)
+                        for division_id in contest.divisions]
+        return targets
 
     def prerender(self, at: int | str, lang: str = "ru") -> int:
         """Render into the page cache the division pages (and election pages) of snapshot
@@ -194,13 +212,8 @@ class Replica:
         their own last change (validators unknown), every page is rendered.
         """
         index, current = self.scenario.resolve(at), self.index
-        election = self.scenario.election_id
-        targets = [f"/{lang}/results/", f"/{lang}/results/{election}/"]
-        for contest in self.scenario.contests.values():
-            targets += [self.renderer.division_page_path(lang, contest, division_id)
-                        for division_id in contest.divisions]
         rendered = 0
-        for target in targets:
+        for target in self._page_targets(lang):
             tag = self.renderer.validator(index, target)
             if tag is not None and tag == self.renderer.validator(current, target):
                 continue
@@ -306,6 +319,10 @@ class Replica:
 
     def _page(self, index: int, target: str, restamp: float | None = None) -> _Cached | None:
         restamp = self._restamp if restamp is None else restamp
+        if restamp and (index, 0.0) in self._cache:
+            # What every re-stamped page of the snapshot is made from: recently used too,
+            # or a night of re-stamps would evict it and render each page from scratch.
+            self._cache.move_to_end((index, 0.0))
         pages = self._cache.get((index, restamp))
         if pages is None:
             pages = self._cache[(index, restamp)] = {}
@@ -375,8 +392,9 @@ class Replica:
                     return _json_reply(400, {"error": "give ?at=N or ?label=LABEL"})
                 return _json_reply(200, {"rendered": self.prerender(at, params.get("lang", "ru"))})
             if path == "/_replica/restamp" and method == "POST":
-                self.restamp(float(params.get("seconds", "0")))
-                return _json_reply(200, self.state())
+                rendered = self.restamp(float(params.get("seconds", "0")),
+                                        params.get("prerender"))
+                return _json_reply(200, self.state() | {"rendered": rendered})
             if path == "/_replica/faults":
                 if method == "GET":
                     return _json_reply(200, self.faults.to_json())
@@ -631,9 +649,16 @@ class ReplicaServer:
         """Serve snapshot `at` (index or label); returns its index."""
         return self.replica.goto(at)
 
-    def restamp(self, seconds: float) -> None:
-        """Re-stamp every page `seconds` after the snapshot's time (see `Replica.restamp`)."""
-        self.replica.restamp(seconds)
+    def restamp(self, seconds: float, prerender_lang: str | None = None) -> int:
+        """Re-stamp every page `seconds` after the snapshot's time, rendering them ahead in
+        `prerender_lang` if given, on the server's thread (see `Replica.restamp`)."""
+        if self._loop is None:
+            return self.replica.restamp(seconds, prerender_lang)
+
+        async def restamp() -> int:
+            return self.replica.restamp(seconds, prerender_lang)
+
+        return asyncio.run_coroutine_threadsafe(restamp(), self._loop).result()
 
     def prerender(self, at: int | str, lang: str = "ru") -> int:
         """Render ahead the pages of snapshot `at` that differ (see `Replica.prerender`), on
