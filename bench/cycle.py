@@ -16,9 +16,15 @@ The modes:
 
 - cold: the final snapshot, empty data directory;
 - restamp: after a completed cycle of the final snapshot, every page re-stamped and
-  nothing else changed (the replica's `/_replica/restamp` control);
+  nothing else changed (the replica's `/_replica/restamp` control, a new time each run);
 - changed: after a completed cycle of `preliminary`, the portal moves to `counting-5`
   (late automatic counts: 141 of 2,494 precincts, 5.7%, and their parents change).
+
+Before an incremental cycle the replica renders the pages it will serve changed, untimed
+(`prerender`): a real portal renders on its own machines, not on the pipeline's cores.
+Without that, the first run of each mode paid the replica's rendering and later runs
+found its cache warm, so the runs of one figure were not alike. The cold cycles' replica
+renders on demand (the first cold run's pages; later ones are cached).
 
 Each figure is the median of --repeat runs, each from its own empty data directory (the
 incremental ones after an untimed first cycle; a watch runner of its own each time), the
@@ -125,18 +131,26 @@ def watched_cycles(base_url: str, data_dir: str, warehouse: str, cycles: int,
 
 
 def one_cycle(base_url: str, mode: str, warehouse_arg: str | None,
-              runner: str = "run") -> tuple[float, str]:
-    """Set the portal up for `mode`, run the untimed first cycle if any, time the next."""
+              runner: str = "run", run_number: int = 1) -> tuple[float, str]:
+    """Set the portal up for `mode`, run the untimed first cycle if any, time the next.
+
+    `run_number` makes each re-stamp a new time (its pages rendered ahead, not found in
+    the replica's cache from an earlier run)."""
     def goto(label: str) -> None:
         control("POST", f"{base_url}/_replica/goto?label={label}")
+
+    def change_to(label: str) -> None:
+        control("POST", f"{base_url}/_replica/prerender?label={label}", timeout=120)
+        goto(label)
 
     with tempfile.TemporaryDirectory(prefix=f"bench-cycle-{mode}-") as tmp:
         data, warehouse = f"{tmp}/data", warehouse_arg or f"duckdb:///{tmp}/warehouse.duckdb"
         steps: dict[str, tuple[str, Callable[[], None]]] = {
             "cold": ("final", lambda: None),
             "restamp": ("final", lambda: control(
-                "POST", f"{base_url}/_replica/restamp?seconds=60")),
-            "changed": ("preliminary", lambda: goto("counting-5")),
+                "POST", f"{base_url}/_replica/restamp?seconds={60 * run_number}&prerender=ru",
+                timeout=120)),
+            "changed": ("preliminary", lambda: change_to("counting-5")),
         }
         first, change = steps[mode]
         goto(first)
@@ -169,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, dict[str, list[Any]]] = {
                 r: {"seconds": [], "cpu": [], "replica": [], "loads": [], "pages": []}
                 for r in runners}
-            for _ in range(args.repeat):
-                for runner in runners:  # interleaved: the machine's drift hits both alike
+            for repeat in range(args.repeat):
+                for number, runner in enumerate(runners):  # interleaved: drift hits both alike
                     key = mode if runner == "run" else f"{runner}_{mode}"
-                    elapsed, stdout = one_cycle(base_url, mode, args.warehouse, runner)
+                    elapsed, stdout = one_cycle(base_url, mode, args.warehouse, runner,
+                                                run_number=1 + repeat * len(runners) + number)
                     run = runs[runner]
                     run["seconds"].append(elapsed)
                     run["cpu"].append(float(stdout.rsplit("\ncpu_seconds ", 1)[1]))
