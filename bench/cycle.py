@@ -30,8 +30,8 @@ Each figure is the median of --repeat runs, each from its own empty data directo
 incremental ones after an untimed first cycle; a watch runner of its own each time), the
 runners interleaved.
 Prints the load average beside them, the CPU seconds of the cycle (its worker processes
-included) and those of the replica during the cycle (it shares the machine's cores: after
-a re-stamp it renders every page again).
+included) and those of the replica during the cycle (it shares the machine's cores:
+serving the pages, their rendering ahead not counted).
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def watched_cycles(base_url: str, data_dir: str, warehouse: str, cycles: int,
                 lines.append(line)
                 done = CYCLE_LINE.match(line)
                 if done and int(done[1]) == cycles - 1:
-                    replica_before = replica_cpu_seconds()
                     between()
+                    replica_before = replica_cpu_seconds()  # its rendering ahead left out
             runner.wait(timeout=300)
         finally:
             if runner.poll() is None:
