@@ -17,6 +17,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta
 from email.utils import formatdate, parsedate_to_datetime
@@ -651,26 +652,23 @@ class ReplicaServer:
 
     def restamp(self, seconds: float, prerender_lang: str | None = None) -> int:
         """Re-stamp every page `seconds` after the snapshot's time, rendering them ahead in
-        `prerender_lang` if given, on the server's thread (see `Replica.restamp`)."""
-        if self._loop is None:
-            return self.replica.restamp(seconds, prerender_lang)
-
-        async def restamp() -> int:
-            return self.replica.restamp(seconds, prerender_lang)
-
-        return asyncio.run_coroutine_threadsafe(restamp(), self._loop).result()
+        `prerender_lang` if given (see `Replica.restamp`)."""
+        return self._on_server_thread(lambda: self.replica.restamp(seconds, prerender_lang))
 
     def prerender(self, at: int | str, lang: str = "ru") -> int:
-        """Render ahead the pages of snapshot `at` that differ (see `Replica.prerender`), on
-        the server's thread: the page cache is that thread's."""
+        """Render ahead the pages of snapshot `at` that differ (see `Replica.prerender`)."""
+        return self._on_server_thread(lambda: self.replica.prerender(at, lang))
+
+    def _on_server_thread(self, call: Callable[[], int]) -> int:
+        """`call()` on the server's thread (the page cache is that thread's); its result, or
+        what it raised, in the calling thread."""
         if self._loop is None:
-            return self.replica.prerender(at, lang)
+            return call()
 
-        async def render() -> int:
-            return self.replica.prerender(at, lang)
+        async def on_loop() -> int:
+            return call()
 
-        # Its result, or what it raised, in the calling thread.
-        return asyncio.run_coroutine_threadsafe(render(), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(on_loop(), self._loop).result()
 
     def set_faults(self, faults: Faults | None = None, **switches: Any) -> Faults:
         """Set fault switches (a Faults or keyword switches); counters restart."""
